@@ -1,0 +1,3 @@
+from peercloud.cli.app import main
+
+main()

@@ -1,0 +1,86 @@
+"""The node's config.toml: embedded defaults, validated on load with errors naming the key."""
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from peercloud.cloud.classes import DEFAULT_CLASS, lookup
+from peercloud.content.manifest import MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
+from peercloud.errors import PeercloudError, UsageError
+from peercloud.fsutil import write_atomic
+from peercloud.units import format_size, parse_size
+
+_HEADER = """\
+# peercloud node configuration. Sizes accept units: 4096, 500MB, 50GiB.
+# quota: most bytes of blocks this node stores ("none" for no limit).
+# segment_size: plaintext bytes per segment of new objects.
+# default_class: storage class of `peercloud add` without --class.
+# workers: threads for hashing, encryption and disk I/O (0 = one per core, plus two).
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one node."""
+
+    quota: int | None = None
+    segment_size: int = 1024 * 1024
+    default_class: str = DEFAULT_CLASS
+    workers: int = 0
+
+    def to_toml(self) -> str:
+        """The file form, with a header explaining each key."""
+        body = {
+            "store": {
+                "quota": "none" if self.quota is None else format_size(self.quota).replace(" ", ""),
+                "segment_size": format_size(self.segment_size).replace(" ", ""),
+                "default_class": self.default_class,
+                "workers": self.workers,
+            }
+        }
+        return _HEADER + tomli_w.dumps(body)
+
+    def save(self, path: Path) -> None:
+        """Write the config crash-safely."""
+        write_atomic(path, self.to_toml().encode())
+
+
+def _size(store: dict[str, Any], key: str, default: int | None) -> int | None:
+    value = store.get(key)
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.lower() == "none":
+        return None
+    try:
+        return parse_size(str(value))
+    except ValueError as e:
+        raise UsageError(f"config: store.{key}: {e}") from None
+
+
+def load_config(path: Path) -> Config:
+    """Read config.toml; any unknown or invalid key is an error that names it."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Config()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise PeercloudError(f"config {path} is not valid TOML: {e}") from None
+    unknown = set(data) - {"store"} | set(data.get("store", {})) - {"quota", "segment_size", "default_class", "workers"}
+    if unknown:
+        raise UsageError(f"config {path}: unknown keys {sorted(unknown)}")
+    store = data.get("store", {})
+    default = Config()
+    segment_size = _size(store, "segment_size", default.segment_size) or default.segment_size
+    if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
+        raise UsageError(f"config: store.segment_size must be between 4KiB and 64MiB, got {segment_size}")
+    default_class = str(store.get("default_class", default.default_class))
+    lookup(default_class)
+    workers = store.get("workers", 0)
+    if not isinstance(workers, int) or workers < 0:
+        raise UsageError("config: store.workers must be a whole number >= 0")
+    return Config(_size(store, "quota", None), segment_size, default_class, workers)

@@ -1,0 +1,77 @@
+"""fsck: verify every stored block, quarantine damage, clear leftovers of interrupted writes."""
+
+from contextlib import closing
+from dataclasses import dataclass, field
+
+from peercloud.content import merkle
+from peercloud.content.manifest import Manifest
+from peercloud.errors import PeercloudError
+from peercloud.node.pipeline import ordered_map
+from peercloud.store.blockstore import BlockStore
+
+
+@dataclass
+class FsckReport:
+    """What fsck checked and found; `damaged` decides the exit code."""
+
+    blocks_checked: int = 0
+    bytes_checked: int = 0
+    corrupt: list[bytes] = field(default_factory=list)
+    missing: list[bytes] = field(default_factory=list)
+    strays_removed: int = 0
+    damaged_objects: list[tuple[bytes, str, bool]] = field(default_factory=list)  # id, name, recoverable
+
+    @property
+    def damaged(self) -> bool:
+        """True when any block was missing or corrupt, or an object is no longer whole here."""
+        return bool(self.corrupt or self.missing or self.damaged_objects)
+
+
+def fsck(store: BlockStore, workers: int) -> FsckReport:
+    """Check the whole store; damaged blocks are moved to quarantine/ and forgotten."""
+    report = FsckReport()
+    for leftover in store.tmp_dir.iterdir():
+        leftover.unlink()
+        report.strays_removed += 1
+
+    def check(item: tuple[bytes, int]) -> tuple[bytes, int, str]:
+        bid, size = item
+        try:
+            data = store.path(bid).read_bytes()
+        except FileNotFoundError:
+            return bid, size, "missing"
+        return bid, len(data), "ok" if merkle.block_id(data) == bid else "corrupt"
+
+    indexed = store.index.block_ids()
+    with closing(ordered_map(check, indexed, workers)) as results:
+        for bid, size, state in results:
+            report.blocks_checked += 1
+            report.bytes_checked += size
+            if state == "missing":
+                report.missing.append(bid)
+                store.quarantine(bid)
+            elif state == "corrupt":
+                report.corrupt.append(bid)
+                store.quarantine(bid)
+
+    known = {bid.hex() for bid, _ in indexed}
+    for shard in store.blocks_dir.iterdir():
+        for f in shard.iterdir():
+            if f.name not in known:
+                f.unlink()  # renamed into place by a write that crashed before its commit
+                report.strays_removed += 1
+
+    for record in store.index.objects():
+        if record.local_blocks < record.total_blocks:
+            report.damaged_objects.append((record.object_id, record.name, _recoverable(store, record.object_id)))
+    return report
+
+
+def _recoverable(store: BlockStore, object_id: bytes) -> bool:
+    """True when every segment still has k verified-present blocks here."""
+    try:
+        manifest = Manifest.decode(store.get(object_id))
+    except PeercloudError:
+        return False
+    n, k = manifest.coding.n, manifest.coding.k
+    return all(sum(store.has(manifest.block(seg, j)) for j in range(n)) >= k for seg in range(manifest.segment_count))

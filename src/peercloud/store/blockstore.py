@@ -1,0 +1,168 @@
+"""Content-addressed block files on disk, indexed in SQLite, verified on every write and read.
+
+A write is staged (verified, written to a temp file, fsynced, renamed into place) and then
+committed (directories fsynced, index rows inserted in one transaction). Staging is thread-safe
+so hashing and fsync of many blocks overlap; committing in batches keeps fsyncs per block low.
+A crash between the two leaves at most a stray file that no index row names, which `fsck`
+removes.
+"""
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peercloud.content import merkle
+from peercloud.errors import IntegrityError, NotFoundError, QuotaExceededError
+from peercloud.fsutil import fsync_dir, write_file_durably
+from peercloud.store.index import Index
+from peercloud.units import format_size
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A block whose file is durable; `new` is False when it was already stored."""
+
+    block_id: bytes
+    size: int
+    new: bool
+
+
+class BlockStore:
+    """The node's blocks: one file each under blocks/<2 hex>/<64 hex>."""
+
+    def __init__(self, root: Path, index: Index, quota: int | None = None) -> None:
+        self.blocks_dir = root / "blocks"
+        self.tmp_dir = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
+        for d in (self.blocks_dir, self.tmp_dir, self.quarantine_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.index = index
+        self.quota = quota
+        self._lock = threading.Lock()
+        self._pending: dict[bytes, int] = {}
+        self._used = index.used_bytes()
+
+    @property
+    def used(self) -> int:
+        """Bytes stored plus bytes staged and not yet committed."""
+        return self._used
+
+    def path(self, block_id: bytes) -> Path:
+        """Where a block's file lives."""
+        h = block_id.hex()
+        return self.blocks_dir / h[:2] / h
+
+    def has(self, block_id: bytes) -> bool:
+        """True when the block is stored and committed here."""
+        return self.index.has_block(block_id)
+
+    def stage(self, data: bytes | memoryview, expect: bytes | None = None) -> Staged:
+        """Verify a block and make its file durable; call `commit` to make it visible."""
+        bid = merkle.block_id(data)
+        if expect is not None and bid != expect:
+            raise IntegrityError(f"block {expect.hex()} failed verification (content hashes to {bid.hex()})")
+        size = len(data)
+        with self._lock:
+            if bid in self._pending or self.index.has_block(bid):
+                return Staged(bid, size, new=False)
+            if self.quota is not None and self._used + size > self.quota:
+                raise QuotaExceededError(
+                    f"storage quota reached: {format_size(self._used)} of {format_size(self.quota)} used; "
+                    "raise `quota` in config.toml or free space"
+                )
+            self._used += size
+            self._pending[bid] = size
+        try:
+            self._write(bid, data)
+        except BaseException:
+            self._release([Staged(bid, size, new=True)])
+            raise
+        return Staged(bid, size, new=True)
+
+    def _write(self, bid: bytes, data: bytes | memoryview) -> None:
+        final = self.path(bid)
+        final.parent.mkdir(exist_ok=True)
+        tmp = self.tmp_dir / (bid.hex() + f".{threading.get_ident()}.part")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_file_durably(fd, data)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, final)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _release(self, staged: Iterable[Staged]) -> None:
+        with self._lock:
+            for s in staged:
+                if s.new and self._pending.pop(s.block_id, None) is not None:
+                    self._used -= s.size
+
+    def commit(self, staged: Iterable[Staged]) -> None:
+        """Make staged blocks visible: fsync their directories, then insert their index rows."""
+        new = [s for s in staged if s.new]
+        for d in {self.path(s.block_id).parent for s in new}:
+            fsync_dir(d)
+        self.index.add_blocks((s.block_id, s.size) for s in new)
+        with self._lock:
+            for s in new:
+                self._pending.pop(s.block_id, None)
+
+    def abort(self, staged: Iterable[Staged]) -> None:
+        """Drop staged blocks that will never be committed."""
+        staged = [s for s in staged if s.new]
+        for s in staged:
+            self.path(s.block_id).unlink(missing_ok=True)
+        self._release(staged)
+
+    def put(self, data: bytes | memoryview, expect: bytes | None = None) -> bytes:
+        """Store one block durably and return its ID."""
+        staged = self.stage(data, expect)
+        self.commit([staged])
+        return staged.block_id
+
+    def get(self, block_id: bytes) -> bytes:
+        """Read a block, verifying it against its ID; a bad block is never returned."""
+        try:
+            data = self.path(block_id).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"block {block_id.hex()} is not stored on this node") from None
+        if merkle.block_id(data) != block_id:
+            raise IntegrityError(
+                f"block {block_id.hex()} is corrupt on disk ({len(data)} bytes fail verification); run `peercloud fsck`"
+            )
+        return data
+
+    def delete(self, block_ids: Iterable[bytes]) -> None:
+        """Remove blocks: index rows first, so a crash never leaves a row without a file."""
+        ids = list(block_ids)
+        self.index.remove_blocks(ids)
+        for bid in ids:
+            self.path(bid).unlink(missing_ok=True)
+        self._recount()
+
+    def _recount(self) -> None:
+        with self._lock:
+            self._used = self.index.used_bytes() + sum(self._pending.values())
+
+    def quarantine(self, block_id: bytes) -> Path:
+        """Move a damaged block file aside (kept for inspection) and forget it."""
+        self.index.remove_blocks([block_id])
+        self._recount()
+        dest = self.quarantine_dir / block_id.hex()
+        src = self.path(block_id)
+        if src.exists():
+            shutil.move(src, dest)
+        return dest
+
+    def gc(self) -> int:
+        """Delete blocks no pinned object needs; returns how many."""
+        ids = self.index.unreferenced_blocks()
+        self.delete(ids)
+        return len(ids)

@@ -1,0 +1,47 @@
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+CLI_ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+CLI_ENV.pop("PEERCLOUD_HOME", None)
+
+
+def run_cli(home: Path, *args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `peercloud` CLI in a subprocess against a node home."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "peercloud", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        env=CLI_ENV,
+        cwd=cwd,
+        timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"peercloud {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def random_bytes(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "node"
+    run_cli(h, "init", check=True)
+    return h
+
+
+@pytest.fixture
+def make_file(tmp_path: Path) -> Callable[..., Path]:
+    def make(size: int, name: str = "data.bin", seed: int = 1) -> Path:
+        p = tmp_path / name
+        p.write_bytes(random_bytes(size, seed))
+        return p
+
+    return make
