@@ -2,9 +2,10 @@
 
 from collections.abc import Mapping
 
-from peercloud.content import erasure
-from peercloud.content.cipher import SegmentCipher
+from peercloud.content import erasure, merkle
+from peercloud.content.cipher import SegmentCipher, key_check
 from peercloud.content.erasure import Coding
+from peercloud.content.manifest import Manifest
 
 
 class SegmentCodec:
@@ -22,3 +23,13 @@ class SegmentCodec:
         """Rebuild and decrypt segment `index` from any k verified blocks."""
         ciphertext = erasure.decode(self.coding, shares, ciphertext_length)
         return self._cipher.open(index, ciphertext)
+
+
+def encode_bytes(data: bytes, key: bytes, coding: Coding, segment_size: int) -> tuple[Manifest, list[bytes]]:
+    """Encode a whole object held in memory: the reference the streaming add must match."""
+    codec = SegmentCodec(key, coding)
+    blocks: list[bytes] = []
+    for index, start in enumerate(range(0, len(data), segment_size)):
+        blocks.extend(codec.seal(index, data[start : start + segment_size]))
+    ids = b"".join(merkle.block_id(b) for b in blocks)
+    return Manifest(len(data), segment_size, coding, key_check(key), ids), blocks
