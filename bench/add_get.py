@@ -112,9 +112,7 @@ def main() -> None:
             print(f"  {k:<9} {mb / v:8.0f} MB/s   ({v:.2f} s)")
         print("ratios (speed / speed of cp; target >= 0.5):")
         for op in ("add", "get"):
-            print(
-                f"  {op}/cp = {med['cp'] / med[op]:.2f}   {op}/(cp+fsync) = {med['cp+fsync'] / med[op]:.2f}"
-            )
+            print(f"  {op}/cp = {med['cp'] / med[op]:.2f}   {op}/(cp+fsync) = {med['cp+fsync'] / med[op]:.2f}")
         print(f"peak RSS at {format_size(size)}: {max(rss) / 1024:.0f} MiB")
         src.unlink()
         rss_size = parse_size(args.rss_size)
