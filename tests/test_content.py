@@ -92,6 +92,8 @@ def test_too_few_shares_is_an_error() -> None:
     shares = erasure.encode(coding, b"x" * 100)
     with pytest.raises(ValueError, match="need 3 shares"):
         erasure.decode(coding, {0: shares[0], 4: shares[4]}, 100)
+    with pytest.raises(ValueError, match="share numbers"):
+        erasure.decode(coding, {0: shares[0], 1: shares[1], 7: shares[2]}, 100)
     with pytest.raises(ValueError, match="invalid coding"):
         Coding(3, 2)
 

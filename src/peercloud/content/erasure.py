@@ -50,6 +50,9 @@ def decode(coding: Coding, shares: Mapping[int, bytes], length: int) -> bytes:
         return shares[0][:length]
     if len(shares) < coding.k:
         raise ValueError(f"need {coding.k} shares to decode, have {len(shares)}")
+    if not all(0 <= i < coding.n for i in shares):
+        # zfec does not check: a bad share number loops forever or decodes garbage.
+        raise ValueError(f"share numbers must be in 0..{coding.n - 1}")
     nums = sorted(shares)[: coding.k]
     blocks = [shares[i] for i in nums]
     if len({len(b) for b in blocks}) != 1:
