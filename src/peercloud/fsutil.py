@@ -14,11 +14,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_file_durably(fd: int, data: bytes | memoryview) -> None:
-    """Write all of `data` to `fd` and fsync it (os.write may write less than asked)."""
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` (os.write may write less than asked)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def write_file_durably(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to `fd` and fsync it."""
+    write_all(fd, data)
     os.fsync(fd)
 
 

@@ -14,7 +14,7 @@ from peercloud.content import cipher
 from peercloud.content.manifest import Manifest
 from peercloud.content.segment import SegmentCodec
 from peercloud.errors import IntegrityError, NotFoundError
-from peercloud.fsutil import fsync_dir
+from peercloud.fsutil import fsync_dir, write_all
 from peercloud.node.pipeline import ordered_map
 from peercloud.store.blockstore import BlockStore
 
@@ -60,18 +60,17 @@ def get_to_file(
     tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.ftruncate(fd, manifest.size)
 
-        def fetch(segment: int) -> int:
+        def fetch(segment: int) -> bytes:
             shares = read_segment_blocks(store, manifest, segment)
-            plaintext = codec.open(segment, shares, manifest.ciphertext_length(segment))
-            os.pwrite(fd, plaintext, segment * manifest.segment_size)
-            return len(plaintext)
+            return codec.open(segment, shares, manifest.ciphertext_length(segment))
 
+        # Workers verify and decrypt; this thread appends in order, so the file grows sequentially.
         with closing(ordered_map(fetch, range(manifest.segment_count), workers)) as results:
-            for length in results:
+            for plaintext in results:
+                write_all(fd, plaintext)
                 if progress:
-                    progress(length)
+                    progress(len(plaintext))
         os.fsync(fd)
         os.close(fd)
         fd = -1
