@@ -18,9 +18,9 @@ from peercloud.errors import FormatError
 
 VERSION = 1
 MAGIC = "peercloud-manifest"
-MAX_MANIFEST_SIZE = 64 * 1024 * 1024
+MAX_MANIFEST_SIZE = 16 * 1024 * 1024  # fits one wire frame
 MIN_SEGMENT_SIZE = 4 * 1024
-MAX_SEGMENT_SIZE = 64 * 1024 * 1024
+MAX_SEGMENT_SIZE = 16 * 1024 * 1024  # a block must fit one wire frame
 _ID = merkle.HASH_SIZE
 
 

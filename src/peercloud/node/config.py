@@ -77,7 +77,7 @@ def load_config(path: Path) -> Config:
     default = Config()
     segment_size = _size(store, "segment_size", default.segment_size) or default.segment_size
     if not MIN_SEGMENT_SIZE <= segment_size <= MAX_SEGMENT_SIZE:
-        raise UsageError(f"config: store.segment_size must be between 4KiB and 64MiB, got {segment_size}")
+        raise UsageError(f"config: store.segment_size must be between 4KiB and 16MiB, got {segment_size}")
     default_class = str(store.get("default_class", default.default_class))
     lookup(default_class)
     workers = store.get("workers", 0)

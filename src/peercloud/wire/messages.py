@@ -1,0 +1,234 @@
+"""Peer messages: dataclasses, their msgpack headers, and the frame that carries them.
+
+A frame (inside the encrypted channel) is:
+
+    u32 body length | u16 header length | msgpack header | raw payload
+
+The header is a map with the message type under "t" and the message's fields. Only BLOCK
+carries a payload: block bytes travel raw after the header, never re-encoded. Every decoder
+here reads untrusted bytes: sizes are bounded, and every field is type-checked.
+"""
+
+import struct
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
+
+import msgpack
+
+from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE
+
+PROTOCOL_VERSION = 1
+MAX_HEADER = 64 * 1024
+MAX_PAYLOAD = max(MAX_SEGMENT_SIZE + 16, MAX_MANIFEST_SIZE)
+MAX_FRAME_BODY = 2 + MAX_HEADER + MAX_PAYLOAD
+_FRAME_HEAD = struct.Struct(">IH")
+
+
+class ProtocolError(Exception):
+    """The peer sent something malformed or forbidden; the connection must close."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages; `TYPE` is the wire name."""
+
+    TYPE: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    """Sent inside the handshake: protocol version, features, software, where we listen."""
+
+    TYPE: ClassVar[str] = "hello"
+    version: int
+    features: tuple[str, ...] = ()
+    agent: str = ""
+    listen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    """Liveness and RTT probe."""
+
+    TYPE: ClassVar[str] = "ping"
+    id: int
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    """Answer to a ping."""
+
+    TYPE: ClassVar[str] = "pong"
+    id: int
+
+
+@dataclass(frozen=True)
+class GetBlock(Message):
+    """Ask for one block by ID."""
+
+    TYPE: ClassVar[str] = "get"
+    id: int
+    block: bytes
+
+
+@dataclass(frozen=True)
+class BlockData(Message):
+    """A block, its bytes as the frame payload; the receiver verifies them against `block`."""
+
+    TYPE: ClassVar[str] = "block"
+    id: int
+    block: bytes
+
+
+@dataclass(frozen=True)
+class Cancel(Message):
+    """Withdraw a request (endgame: another peer answered first)."""
+
+    TYPE: ClassVar[str] = "cancel"
+    id: int
+
+
+@dataclass(frozen=True)
+class Have(Message):
+    """Which blocks of one object the sender holds: a bitmap over the manifest's block list."""
+
+    TYPE: ClassVar[str] = "have"
+    object: bytes
+    bitmap: bytes
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    """A typed failure: in answer to request `id`, or (id 0) about the connection."""
+
+    TYPE: ClassVar[str] = "error"
+    id: int
+    code: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """The sender closes the connection, and says why."""
+
+    TYPE: ClassVar[str] = "bye"
+    reason: str = ""
+
+
+MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m for m in (Hello, Ping, Pong, GetBlock, BlockData, Cancel, Have, Error, Bye)
+}
+_HINTS = {name: get_type_hints(cls) for name, cls in MESSAGES.items()}
+# Error codes a peer may send; anything else is reported as "other".
+ERROR_CODES = ("not_found", "busy", "bad_request", "version", "refused", "other")
+
+
+def encode_header(msg: Message) -> bytes:
+    """The msgpack header of a message."""
+    body: dict[str, Any] = {"t": msg.TYPE}
+    for f in fields(msg):
+        value = getattr(msg, f.name)
+        body[f.name] = list(value) if isinstance(value, tuple) else value
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def encode_frame(msg: Message, payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
+    """A frame as a list of buffers (the payload is not copied)."""
+    header = encode_header(msg)
+    if len(header) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
+        raise ValueError("message too large for a frame")
+    return [_FRAME_HEAD.pack(2 + len(header) + len(payload), len(header)), header, payload]
+
+
+def _check(name: str, value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin is tuple:
+        (item, _ellipsis) = get_args(hint)
+        if not isinstance(value, list) or len(value) > 64:
+            raise ProtocolError(f"field {name!r}: expected a short list")
+        return tuple(_check(name, v, item) for v in value)
+    if origin is Union:
+        for option in get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            if option is not type(None):
+                return _check(name, value, option)
+    if type(value) is not hint:
+        raise ProtocolError(f"field {name!r}: expected {hint.__name__}, got {type(value).__name__}")
+    if isinstance(value, int) and not 0 <= value < 2**63:
+        raise ProtocolError(f"field {name!r}: integer out of range")
+    return value
+
+
+def decode_header(data: bytes | memoryview) -> Message:
+    """Parse and validate a header from an untrusted peer."""
+    try:
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=4096,
+            max_bin_len=MAX_HEADER,
+            max_array_len=64,
+            max_map_len=16,
+            max_ext_len=0,
+        )
+    except Exception as e:  # msgpack raises many types for malformed input
+        raise ProtocolError(f"header is not valid msgpack: {type(e).__name__}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("header is not a map")
+    kind = body.pop("t", None)
+    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    hints = _HINTS[cls.TYPE]
+    names = {f.name for f in fields(cls)}
+    if set(body) - names:
+        raise ProtocolError(f"{cls.TYPE}: unknown fields {sorted(set(body) - names)}")
+    values = {}
+    for f in fields(cls):
+        if f.name in body:
+            values[f.name] = _check(f.name, body[f.name], hints[f.name])
+    try:
+        return cls(**values)
+    except TypeError:
+        raise ProtocolError(f"{cls.TYPE}: missing fields") from None
+
+
+class FrameDecoder:
+    """Reassembles frames from a byte stream; bounded by MAX_FRAME_BODY per frame."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[tuple[Message, bytes]]:
+        """Add bytes; return every complete (message, payload) now available."""
+        self._buf += data
+        out: list[tuple[Message, bytes]] = []
+        while len(self._buf) >= _FRAME_HEAD.size:
+            body_len, header_len = _FRAME_HEAD.unpack_from(self._buf)
+            if body_len > MAX_FRAME_BODY:
+                raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
+            if header_len > MAX_HEADER or header_len + 2 > body_len:
+                raise ProtocolError("frame header length invalid")
+            end = 4 + body_len
+            if len(self._buf) < end:
+                break
+            view = memoryview(self._buf)
+            try:
+                msg = decode_header(view[6 : 6 + header_len])
+                payload = bytes(view[6 + header_len : end])
+            finally:
+                view.release()
+            del self._buf[:end]
+            if payload and not isinstance(msg, BlockData):
+                raise ProtocolError(f"{msg.TYPE} must not carry a payload")
+            out.append((msg, payload))
+        return out
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buf)
