@@ -1,0 +1,295 @@
+"""The asyncio driver for PeerConnection: sockets in, events out, and awaitable requests.
+
+Receiving uses an `asyncio.BufferedProtocol` reading into one preallocated buffer per
+connection (DESIGN.md §9: StreamReader is the bottleneck at high rates). All protocol decisions
+stay in `peercloud.wire.connection`; this module only moves bytes, timers and futures.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from peercloud.errors import PeercloudError
+from peercloud.identity import Identity, PeerId
+from peercloud.wire import connection as c
+from peercloud.wire import messages as m
+
+log = logging.getLogger(__name__)
+RECV_BUFFER = 1024 * 1024
+DIAL_TIMEOUT = 10.0
+
+RequestHandler = Callable[["PeerLink", m.Message], Awaitable[None]]
+NoticeHandler = Callable[["PeerLink", m.Message], None]
+
+
+class PeerError(PeercloudError):
+    """A peer could not be reached, refused us, or failed a request."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """host:port of a peer's listener."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        """Read HOST:PORT (IPv6 as [addr]:port)."""
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise PeerError(f"not an address: {text!r} (expected HOST:PORT)")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class PeerLink(asyncio.BufferedProtocol):
+    """One connection to a peer; awaitable `established`, `get_block`, `ping`."""
+
+    def __init__(
+        self,
+        conn: c.PeerConnection,
+        on_request: RequestHandler,
+        on_notice: NoticeHandler | None = None,
+        on_closed: Callable[["PeerLink"], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._buffer = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[c.Response]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_request = on_request
+        self._on_notice = on_notice
+        self._on_closed = on_closed
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.established: asyncio.Future[c.Established] = self._loop.create_future()
+        self.closed: asyncio.Future[c.Closed] = self._loop.create_future()
+        self.remote: str = "?"
+        self.rtt: float | None = None
+
+    @property
+    def peer_id(self) -> PeerId | None:
+        """The authenticated peer, once established."""
+        return self.conn.peer_id
+
+    # -- asyncio.BufferedProtocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the handshake (the initiator's first message is already queued)."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self._pump()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """Hand asyncio our preallocated receive buffer."""
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Feed what arrived to the state machine."""
+        self.conn.receive_data(self._view[:nbytes], self._loop.time())
+        self._pump()
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: so do we."""
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is gone."""
+        self.conn.connection_lost(f"connection lost: {exc}" if exc else "connection closed by peer")
+        self._pump()
+
+    def pause_writing(self) -> None:
+        """The socket's send buffer is full: hold responses."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        """The send buffer drained."""
+        self._writable.set()
+
+    # -- API
+
+    async def get_block(self, block_id: bytes, timeout: float | None = None) -> bytes:
+        """Fetch one block's bytes (unverified: the caller checks them against the ID)."""
+        response = await self._request(m.GetBlock(self.conn.new_id(), block_id), timeout)
+        msg = response.message
+        if isinstance(msg, m.Error):
+            raise PeerError(f"peer {self._name()} answered {msg.code}: {msg.message}")
+        return response.payload
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds."""
+        start = time.perf_counter()
+        await self._request(m.Ping(self.conn.new_id()), timeout)
+        self.rtt = time.perf_counter() - start
+        return self.rtt
+
+    def respond(self, request_id: int, msg: m.Message, payload: bytes | memoryview = b"") -> None:
+        """Answer a request the handler was given."""
+        self.conn.respond(request_id, msg, payload)
+        self._pump()
+
+    def notify(self, msg: m.Have) -> None:
+        """Send a one-way message."""
+        self.conn.notify(msg)
+        self._pump()
+
+    async def writable(self) -> None:
+        """Wait until the socket accepts more data (backpressure for servers)."""
+        await self._writable.wait()
+
+    def close(self, reason: str = "bye") -> None:
+        """End the connection politely."""
+        self.conn.close(reason)
+        self._pump()
+
+    # -- internals
+
+    def _name(self) -> str:
+        return self.peer_id.short() if self.peer_id else self.remote
+
+    async def _request(self, msg: m.GetBlock | m.Ping, timeout: float | None) -> c.Response:
+        if self.conn.state is not c.State.OPEN:
+            raise PeerError(f"connection to {self._name()} is {self.conn.state.value}")
+        fut: asyncio.Future[c.Response] = self._loop.create_future()
+        self._pending[msg.id] = fut
+        self.conn.request(msg, timeout)
+        self._pump()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.conn.cancel(msg.id)
+            self._pump()
+            raise
+        finally:
+            self._pending.pop(msg.id, None)
+
+    def _pump(self) -> None:
+        """Flush outgoing bytes, deliver events, re-arm the timer."""
+        data = self.conn.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(data)
+        while (event := self.conn.next_event()) is not None:
+            self._deliver(event)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.conn.next_timer()
+        if deadline is not None and self.conn.state is not c.State.CLOSED:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.conn.handle_timer(self._loop.time())
+        self._pump()
+
+    def _deliver(self, event: c.Event) -> None:
+        if isinstance(event, c.Established):
+            if not self.established.done():
+                self.established.set_result(event)
+        elif isinstance(event, c.Response):
+            fut = self._pending.get(event.request_id)
+            if fut is not None and not fut.done():
+                fut.set_result(event)
+        elif isinstance(event, c.Timeout):
+            fut = self._pending.get(event.request_id)
+            if fut is not None and not fut.done():
+                fut.set_exception(PeerError(f"peer {self._name()} did not answer in time"))
+        elif isinstance(event, c.Request):
+            task = self._loop.create_task(self._handle(event.message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif isinstance(event, c.Notice):
+            if self._on_notice is not None:
+                self._on_notice(self, event.message)
+        elif isinstance(event, c.Closed):
+            self._on_close(event)
+
+    async def _handle(self, msg: m.Message) -> None:
+        try:
+            await self._on_request(self, msg)
+        except Exception:
+            log.exception("request handler failed for %s", msg)
+            if isinstance(msg, m.GetBlock):
+                self.respond(msg.id, m.Error(msg.id, "other", "internal error"))
+
+    def _on_close(self, event: c.Closed) -> None:
+        level = logging.WARNING if event.error else logging.INFO
+        log.log(level, "connection %s closed: %s", self._name(), event.reason)
+        err = PeerError(f"connection to {self._name()} closed: {event.reason}")
+        if not self.established.done():
+            self.established.set_exception(err)
+            self.established.exception()  # mark retrieved: callers may never await it
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        if not self.closed.done():
+            self.closed.set_result(event)
+        if self._transport is not None:
+            self._transport.close()
+        for task in self._tasks:
+            task.cancel()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+
+async def dial(
+    address: Address,
+    identity: Identity,
+    hello: m.Hello,
+    on_request: RequestHandler,
+    expected_peer: PeerId | None = None,
+    on_notice: NoticeHandler | None = None,
+    on_closed: Callable[[PeerLink], None] | None = None,
+    timeout: float = DIAL_TIMEOUT,
+) -> PeerLink:
+    """Connect to a peer and complete the authenticated handshake."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> PeerLink:
+        conn = c.PeerConnection(True, identity, hello, loop.time(), expected_peer=expected_peer)
+        return PeerLink(conn, on_request, on_notice, on_closed)
+
+    try:
+        async with asyncio.timeout(timeout):
+            _, link = await loop.create_connection(factory, address.host, address.port)
+            await link.established
+    except TimeoutError:
+        raise PeerError(f"peer at {address} did not complete the handshake within {timeout:.0f} s") from None
+    except OSError as e:
+        raise PeerError(f"cannot connect to {address}: {e.strerror or e}") from None
+    return link
+
+
+async def listen(
+    host: str,
+    port: int,
+    identity: Identity,
+    hello: m.Hello,
+    on_request: RequestHandler,
+    on_established: Callable[[PeerLink], None] | None = None,
+    on_notice: NoticeHandler | None = None,
+    on_closed: Callable[[PeerLink], None] | None = None,
+) -> asyncio.Server:
+    """Accept peer connections; each gets its own state machine."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> PeerLink:
+        conn = c.PeerConnection(False, identity, hello, loop.time())
+        link = PeerLink(conn, on_request, on_notice, on_closed)
+        if on_established is not None:
+            link.established.add_done_callback(
+                lambda f: on_established(link) if not f.cancelled() and f.exception() is None else None
+            )
+        return link
+
+    return await loop.create_server(factory, host, port, reuse_address=True)
