@@ -33,3 +33,9 @@ class IntegrityError(PeercloudError):
 
 class FormatError(IntegrityError):
     """Bytes from disk or a peer do not decode as the format they claim to be."""
+
+
+class DaemonNeededError(PeercloudError):
+    """The command needs the network, so the daemon (`peercloud up`) must be running."""
+
+    exit_code = 6

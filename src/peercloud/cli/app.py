@@ -1,6 +1,14 @@
-"""The `peercloud` command line: thin over the node, one clear line on stderr for every failure."""
+"""The `peercloud` command line: thin over the node, one clear line on stderr for every failure.
 
+Commands go through the daemon when one runs for the node home (`peercloud up`), and work on
+the home directly otherwise; commands that need the network say so when no daemon runs.
+"""
+
+import asyncio
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -8,11 +16,13 @@ import typer
 from rich.table import Table
 
 from peercloud import __version__
-from peercloud.cli.output import err, out, print_json, progress_bar
+from peercloud.cli.backend import Backend, open_backend
+from peercloud.cli.output import block_map, err, out, print_json, progress_bar
 from peercloud.errors import PeercloudError
 from peercloud.identity import Identity
+from peercloud.net.link import Address
+from peercloud.node import daemon
 from peercloud.node.home import HOME_ENV, NodeHome
-from peercloud.node.local import LocalNode
 from peercloud.units import format_size
 
 app = typer.Typer(
@@ -23,17 +33,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+peers_app = typer.Typer(help="Peers this node connects to.", invoke_without_command=True)
+app.add_typer(peers_app, name="peers")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
 def _home(ctx: typer.Context) -> NodeHome:
-    home: NodeHome = ctx.obj
+    home: NodeHome = ctx.find_root().obj
     return home
 
 
-def _open(ctx: typer.Context) -> LocalNode:
-    return LocalNode(_home(ctx))
+@contextmanager
+def _backend(ctx: typer.Context) -> Iterator[Backend]:
+    backend = open_backend(_home(ctx))
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def _version(value: bool) -> None:
@@ -85,6 +102,25 @@ def show_id(ctx: typer.Context, json: JsonFlag = False) -> None:
 
 
 @app.command()
+def up(
+    ctx: typer.Context,
+    listen: Annotated[str, typer.Option(help="Where peers connect (HOST:PORT; port 0 picks one).")] = str(
+        daemon.DEFAULT_LISTEN
+    ),
+    api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = str(daemon.DEFAULT_API),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connections and transfers.")] = False,
+) -> None:
+    """Run the node in the foreground: serve peers and the local API until Ctrl-C or SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    home = _home(ctx)
+    asyncio.run(daemon.run(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line)))
+
+
+@app.command()
 def add(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="File to add.")],
@@ -97,26 +133,12 @@ def add(
     json: JsonFlag = False,
 ) -> None:
     """Add a file as a new object; prints its object ID and read cap."""
-    with _open(ctx) as node:
-        size = file.stat().st_size if file.is_file() else 0
-        with progress_bar(f"add {file.name}", size) as progress:
-            result = node.add(file, storage_class, convergent=convergent, progress=progress)
-    m = result.manifest
-    data = {
-        "object_id": m.object_id.hex(),
-        "read_cap": str(result.read_cap),
-        "verify_cap": str(result.read_cap.verify_cap),
-        "name": result.name,
-        "size": m.size,
-        "class": result.storage_class,
-        "segments": m.segment_count,
-        "blocks": len(m.block_ids) // 32 + 1,
-        "new_bytes": result.new_bytes,
-    }
+    with _backend(ctx) as backend, progress_bar(f"add {file.name}") as progress:
+        data = backend.add(file, storage_class, convergent, progress)
     if json:
         print_json(data)
         return
-    out.print(f"Added {result.name} ({format_size(m.size)}, class {result.storage_class})")
+    out.print(f"Added {data['name']} ({format_size(data['size'])}, class {data['class']})")
     out.print(f"object ID: {data['object_id']}")
     out.print(f"read cap:  {data['read_cap']}")
 
@@ -124,49 +146,48 @@ def add(
 @app.command()
 def get(
     ctx: typer.Context,
-    cap: Annotated[str, typer.Argument(help="Read cap (pcr1_…), or object ID / prefix of an object added here.")],
+    cap: Annotated[str, typer.Argument(help="Read cap (pcr1_…), or object ID / prefix of an object known here.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file.")] = None,
     json: JsonFlag = False,
 ) -> None:
-    """Fetch an object, verify every block, decrypt it, and write it atomically."""
-    with _open(ctx) as node:
-        cap_obj = node.resolve(cap)
-        size = node.manifest(cap_obj.object_id).size
-        with progress_bar("get", size) as progress:
-            path, manifest = node.get(cap, output, progress)
+    """Fetch an object (from peers when the daemon runs), verify every block, decrypt, write atomically."""
+    with _backend(ctx) as backend, progress_bar("get") as progress:
+        data = backend.get(cap, output, progress)
     if json:
-        print_json({"object_id": manifest.object_id.hex(), "path": str(path), "size": manifest.size})
+        print_json(data)
     else:
-        out.print(f"Wrote {path} ({format_size(manifest.size)}, every block verified)")
+        out.print(f"Wrote {data['path']} ({format_size(data['size'])}, every block verified)")
+
+
+@app.command()
+def pin(
+    ctx: typer.Context,
+    obj: Annotated[str, typer.Argument(help="Verify cap, read cap or object ID.")],
+    json: JsonFlag = False,
+) -> None:
+    """Fetch and keep every block of an object (a verify cap is enough): its redundancy rises by one."""
+    with _backend(ctx) as backend, progress_bar("pin") as progress:
+        data = backend.pin(obj, progress)
+    if json:
+        print_json(data)
+    else:
+        out.print(f"Pinned {data['object_id'][:12]}: all {data['blocks']} blocks held here")
 
 
 @app.command("ls")
 def list_objects(ctx: typer.Context, json: JsonFlag = False) -> None:
     """List objects known to this node, with size, class and % held locally."""
-    with _open(ctx) as node:
-        records = node.objects()
+    with _backend(ctx) as backend:
+        rows = backend.objects()
     if json:
-        print_json(
-            [
-                {
-                    "object_id": r.object_id.hex(),
-                    "name": r.name,
-                    "size": r.size,
-                    "class": r.storage_class,
-                    "local_percent": round(r.local_percent, 2),
-                    "added_at": r.added_at,
-                    "readable": r.read_key is not None,
-                }
-                for r in records
-            ]
-        )
+        print_json(rows)
         return
-    if not records:
+    if not rows:
         out.print("No objects yet. Add one with `peercloud add FILE`.")
         return
     table = Table("object", "name", "size", "class", "local", box=None)
-    for r in records:
-        table.add_row(r.object_id.hex()[:12], r.name, format_size(r.size), r.storage_class, f"{r.local_percent:.0f}%")
+    for r in rows:
+        table.add_row(r["object_id"][:12], r["name"], format_size(r["size"]), r["class"], f"{r['local_percent']:.0f}%")
     out.print(table)
 
 
@@ -177,92 +198,162 @@ def info(
     json: JsonFlag = False,
 ) -> None:
     """Show an object's manifest summary and what this node holds of it."""
-    with _open(ctx) as node:
-        i = node.info(obj)
-    m, r = i.manifest, i.record
-    data: dict[str, Any] = {
-        "object_id": m.object_id.hex(),
-        "verify_cap": str(i.read_cap.verify_cap) if i.read_cap else None,
-        "read_cap": str(i.read_cap) if i.read_cap else None,
-        "name": r.name if r else None,
-        "class": r.storage_class if r else None,
-        "size": m.size,
-        "segment_size": m.segment_size,
-        "segments": m.segment_count,
-        "cipher": m.cipher,
-        "coding": {"k": m.coding.k, "n": m.coding.n},
-        "blocks": len(m.block_ids) // 32,
-        "leaf_size": m.leaf_size,
-        "manifest_bytes": len(m.encode()),
-        "stored_bytes": m.stored_size,
-        "local_percent": round(r.local_percent, 2) if r else None,
-    }
-    if data["verify_cap"] is None:
-        from peercloud.content.caps import VerifyCap
+    with _backend(ctx) as backend:
+        d = backend.info(obj)
+    if json:
+        print_json(d)
+        return
+    k, n = d["coding"]["k"], d["coding"]["n"]
+    rows = [
+        ("object ID", d["object_id"]),
+        ("name", d["name"] or "(unknown here)"),
+        ("class", d["class"] or "(unknown here)"),
+        ("size", f"{format_size(d['size'])} ({d['size']} bytes)"),
+        ("segments", f"{d['segments']} × {format_size(d['segment_size'])}"),
+        ("cipher", d["cipher"]),
+        ("erasure code", "none (one block per segment)" if n == 1 else f"{k}-of-{n} (zfec)"),
+        ("blocks", f"{d['blocks']} + manifest ({d['manifest_bytes']} bytes)"),
+        ("stored size", f"{format_size(d['stored_bytes'])} per copy of every block"),
+        ("local", f"{d['local_percent']:.0f}%" if d["local_percent"] is not None else "manifest only"),
+        ("verify cap", d["verify_cap"]),
+        ("read cap", d["read_cap"] or "(not known here)"),
+    ]
+    for key, value in rows:
+        out.print(f"{key:<13} {value}", markup=False)
 
-        data["verify_cap"] = str(VerifyCap(m.object_id))
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    obj: Annotated[str | None, typer.Argument(help="Object ID, prefix or cap; omit for the node.")] = None,
+    node: Annotated[bool, typer.Option("--node", help="Show the daemon: uptime, addresses, peers, traffic.")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """Who holds which blocks of an object (a block map per holder), or the node's own status."""
+    with _backend(ctx) as backend:
+        data = backend.node_status() if node or obj is None else backend.status(obj)
     if json:
         print_json(data)
+    elif node or obj is None:
+        _print_node(data)
+    else:
+        _print_object_status(data)
+
+
+def _print_node(d: dict[str, Any]) -> None:
+    out.print(f"peer ID     {d['peer_id']}")
+    out.print(f"version     {d['version']}, up {d['uptime']:.0f} s")
+    out.print(f"listening   {', '.join(d['listen'])}")
+    out.print(f"peers       {d['peers_connected']} connected of {d['peers_known']} known")
+    out.print(f"traffic     in {format_size(d['bytes_in'])}, out {format_size(d['bytes_out'])}")
+    out.print(f"store       {d['objects']} objects, {format_size(d['stored_bytes'])}")
+
+
+def _print_object_status(d: dict[str, Any]) -> None:
+    total = d["total_blocks"]
+    k, n = d["coding"]["k"], d["coding"]["n"]
+    coding = "replicated blocks" if n == 1 else f"erasure code {k}-of-{n}"
+    out.print(f"object {d['object_id'][:16]}…  {d['name'] or ''}  {format_size(d['size'])}, {total} blocks, {coding}")
+    out.print(
+        f"local {d['local_percent']:.0f}%   complete copies {d['complete_copies']}   "
+        f"distributed copies {d['distributed_copies']:.2f}"
+    )
+    table = Table("holder", "online", "held", "blocks", box=None)
+    for col in table.columns:
+        col.no_wrap = True
+    width = max(16, min(64, out.width - 42))
+    for h in d["holders"]:
+        who = h["peer_id"][:13] + (" (you)" if h["self"] else "")
+        style = "green" if h["self"] else "cyan" if h["online"] else "dim"
+        table.add_row(
+            who,
+            "yes" if h["online"] else "no",
+            f"{h['percent']:.0f}%",
+            f"[{style}]{block_map(h['blocks'], total, width)}[/{style}]",
+        )
+    out.print(table)
+
+
+@peers_app.callback()
+def peers(ctx: typer.Context, json: JsonFlag = False) -> None:
+    """List peers: ID, address, connected?, RTT, traffic, blocks of our objects they hold."""
+    if ctx.invoked_subcommand is not None:
         return
-    coding = "none (one block per segment)" if m.coding.is_replica else f"{m.coding.k}-of-{m.coding.n} (zfec)"
-    rows = [
-        ("object ID", data["object_id"]),
-        ("name", data["name"] or "(unknown here)"),
-        ("class", data["class"] or "(unknown here)"),
-        ("size", f"{format_size(m.size)} ({m.size} bytes)"),
-        ("segments", f"{m.segment_count} × {format_size(m.segment_size)}"),
-        ("cipher", m.cipher),
-        ("erasure code", coding),
-        ("blocks", f"{data['blocks']} + manifest ({data['manifest_bytes']} bytes)"),
-        ("stored size", f"{format_size(m.stored_size)} per copy of every block"),
-        ("local", f"{data['local_percent']:.0f}%" if r else "manifest only"),
-        ("verify cap", data["verify_cap"]),
-        ("read cap", data["read_cap"] or "(not known here)"),
-    ]
-    for k, v in rows:
-        out.print(f"{k:<13} {v}", markup=False)
+    with _backend(ctx) as backend:
+        rows = backend.peers()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("No peers yet. Add one with `peercloud peers add PEERID@HOST:PORT`.")
+        return
+    table = Table("peer", "address", "connected", "rtt", "in / out", "blocks held", box=None)
+    for col in table.columns:
+        col.no_wrap = True
+    for r in rows:
+        rtt = f"{r['rtt_ms']:.1f} ms" if r["rtt_ms"] is not None else "-"
+        state = "banned" if r["banned"] else r["path"] if r["connected"] else "no"
+        table.add_row(
+            r["peer_id"][:13],
+            r["address"] or "-",
+            state,
+            rtt,
+            f"{format_size(r['bytes_in'])} / {format_size(r['bytes_out'])}",
+            str(r["blocks_held"]),
+        )
+    out.print(table)
+
+
+@peers_app.command("add")
+def peers_add(
+    ctx: typer.Context, peer: Annotated[str, typer.Argument(help="PEERID@HOST:PORT")], json: JsonFlag = False
+) -> None:
+    """Remember a peer and keep connecting to it (with backoff)."""
+    with _backend(ctx) as backend:
+        data = backend.add_peer(peer)
+    if json:
+        print_json(data)
+    else:
+        out.print(f"Added peer {data['peer_id']} at {data['address']}")
+
+
+@peers_app.command("rm")
+def peers_rm(ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID")], json: JsonFlag = False) -> None:
+    """Forget a peer and disconnect from it."""
+    with _backend(ctx) as backend:
+        data = backend.remove_peer(peer)
+    if json:
+        print_json(data)
+    else:
+        out.print(f"Removed peer {data['removed']}")
 
 
 @app.command()
 def fsck(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Verify every stored block; quarantine bad ones. Exit code 1 when damage was found."""
-    with _open(ctx) as node:
-        report = node.fsck()
-        names = {r.object_id: r.name for r in node.objects()}
+    with _backend(ctx) as backend:
+        report = backend.fsck()
     if json:
-        print_json(
-            {
-                "ok": not report.damaged,
-                "blocks_checked": report.blocks_checked,
-                "bytes_checked": report.bytes_checked,
-                "corrupt": [b.hex() for b in report.corrupt],
-                "missing": [b.hex() for b in report.missing],
-                "strays_removed": report.strays_removed,
-                "damaged_objects": [
-                    {"object_id": oid.hex(), "name": name, "recoverable": rec}
-                    for oid, name, rec in report.damaged_objects
-                ],
-            }
-        )
+        print_json(report)
     else:
-        out.print(f"Checked {report.blocks_checked} blocks ({format_size(report.bytes_checked)}).")
-        for bid in report.corrupt:
-            out.print(f"[red]corrupt[/red] block {bid.hex()}: moved to quarantine/")
-        for bid in report.missing:
-            out.print(f"[red]missing[/red] block {bid.hex()}: removed from the index")
-        if report.strays_removed:
-            out.print(f"Removed {report.strays_removed} leftover files of interrupted writes.")
-        for oid, _name, rec in report.damaged_objects:
-            state = "recoverable from the blocks left" if rec else "blocks lost; fetch them from a peer"
-            out.print(f"object {oid.hex()[:12]} ({names.get(oid, '?')}): {state}")
-        out.print("[green]No damage found.[/green]" if not report.damaged else "[red]Damage found.[/red]")
-    if report.damaged:
+        out.print(f"Checked {report['blocks_checked']} blocks ({format_size(report['bytes_checked'])}).")
+        for bid in report["corrupt"]:
+            out.print(f"[red]corrupt[/red] block {bid}: moved to quarantine/")
+        for bid in report["missing"]:
+            out.print(f"[red]missing[/red] block {bid}: removed from the index")
+        if report["strays_removed"]:
+            out.print(f"Removed {report['strays_removed']} leftover files of interrupted writes.")
+        for o in report["damaged_objects"]:
+            state = "recoverable from the blocks left" if o["recoverable"] else "blocks lost; fetch them from a peer"
+            out.print(f"object {o['object_id'][:12]} ({o['name']}): {state}")
+        out.print("[green]No damage found.[/green]" if report["ok"] else "[red]Damage found.[/red]")
+    if not report["ok"]:
         raise typer.Exit(1)
 
 
 @app.command()
 def demo() -> None:
-    """Run a narrated tour on a throw-away node."""
+    """Run a narrated tour: several daemons on loopback sharing a file."""
     from peercloud.demo import run
 
     raise typer.Exit(run())

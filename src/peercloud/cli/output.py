@@ -18,7 +18,6 @@ from rich.progress import (
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-PROGRESS_MIN_BYTES = 16 * 1024 * 1024
 
 
 def print_json(data: Any) -> None:
@@ -27,9 +26,13 @@ def print_json(data: Any) -> None:
 
 
 @contextmanager
-def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | None]:
-    """A byte progress bar on stderr for big transfers on a terminal; None otherwise."""
-    if total < PROGRESS_MIN_BYTES or not err.is_terminal:
+def progress_bar(label: str) -> Iterator[Callable[[str, int], None] | None]:
+    """A byte progress bar on stderr when it is a terminal; None otherwise.
+
+    The callback takes ("total", bytes) once the size is known and ("advance", bytes) as work
+    is done.
+    """
+    if not err.is_terminal:
         yield None
         return
     with Progress(
@@ -41,5 +44,26 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | Non
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        task = bar.add_task(label, total=None)
+
+        def update(kind: str, n: int) -> None:
+            if kind == "total":
+                bar.update(task, total=n)
+            else:
+                bar.advance(task, n)
+
+        yield update
+
+
+def block_map(blocks: list[int], total: int, width: int = 48) -> str:
+    """A holder's blocks as one line of cells: full, partial or empty groups of blocks."""
+    if total == 0:
+        return ""
+    held = set(blocks)
+    cells = min(total, width)
+    out = []
+    for c in range(cells):
+        lo, hi = c * total // cells, (c + 1) * total // cells
+        have = sum(1 for i in range(lo, hi) if i in held)
+        out.append("█" if have == hi - lo else "▒" if have else "·")
+    return "".join(out)

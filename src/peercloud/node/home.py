@@ -1,6 +1,7 @@
 """The node home: where a node keeps its key, config, index and blocks."""
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,22 @@ class NodeHome:
         """Secret that keys convergent encryption (until a cloud provides a shared one)."""
         return self.path / "convergence.secret"
 
+    @property
+    def token_path(self) -> Path:
+        """Bearer token the CLI presents to the daemon's REST API (mode 0600)."""
+        return self.path / "api.token"
+
+    @property
+    def daemon_path(self) -> Path:
+        """Where a running daemon says how to reach it (removed when it stops)."""
+        return self.path / "daemon.json"
+
+    def api_token(self) -> str:
+        """The API token, created on first use."""
+        if not self.token_path.exists():
+            write_atomic(self.token_path, secrets.token_urlsafe(32).encode(), mode=0o600)
+        return self.token_path.read_text().strip()
+
     def exists(self) -> bool:
         """True when `init` has run here."""
         return self.key_path.exists()
@@ -59,6 +76,7 @@ class NodeHome:
             Config().save(self.config_path)
         if not self.secret_path.exists():
             write_atomic(self.secret_path, os.urandom(32), mode=0o600)
+        self.api_token()
         index = Index(self.index_path)
         BlockStore(self.path, index)  # creates the block, temp and quarantine folders
         index.close()

@@ -107,15 +107,18 @@ class LocalNode:
             raise UsageError("a verify cap or object ID cannot decrypt: give the read cap (pcr1_…)")
         manifest = self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
-        if out is None:
-            record = self.index.get_object(cap.object_id)
-            if record is None:
-                raise UsageError("no file name is known for this object here: give -o OUT")
-            out = Path(record.name)
+        out = out or self.default_output(text)
         if out.is_dir():
             raise UsageError(f"{out} is a directory: give a file name with -o")
         retrieve.get_to_file(self.store, manifest, cap.key, out, workers=self.workers, progress=progress)
         return out, manifest
+
+    def default_output(self, text: str) -> Path:
+        """The file name an object was added under, for `get` without -o."""
+        record = self.index.get_object(self.resolve(text).object_id)
+        if record is None or not record.name:
+            raise UsageError("no file name is known for this object here: give -o OUT")
+        return Path(record.name)
 
     def objects(self) -> list[ObjectRecord]:
         """Objects known here, for `peercloud ls`."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -38,6 +38,22 @@ CREATE TABLE object_blocks (
 ) WITHOUT ROWID;
 CREATE INDEX object_blocks_by_block ON object_blocks(block_id);
 CREATE TABLE pins (object_id BLOB PRIMARY KEY) WITHOUT ROWID;
+"""
+# Version 2: peers this node dials, and what each peer said it holds (its HAVE bitmaps).
+_SCHEMA_V2 = """
+CREATE TABLE peers (
+    peer_id BLOB PRIMARY KEY,
+    address TEXT NOT NULL,
+    added_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE holdings (
+    peer_id BLOB NOT NULL,
+    object_id BLOB NOT NULL,
+    bitmap BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (peer_id, object_id)
+) WITHOUT ROWID;
+CREATE INDEX holdings_by_object ON holdings(object_id);
 """
 
 
@@ -80,12 +96,13 @@ class Index:
         self._db.execute("PRAGMA busy_timeout=10000")
         with self.transaction() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _split(_SCHEMA):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(f"index {path} has schema {version}; this peercloud knows {SCHEMA_VERSION}")
+            for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2)):
+                if version < target:
+                    for statement in _split(script):
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Release the database (checkpointing the WAL)."""
@@ -218,6 +235,67 @@ class Index:
     def is_pinned(self, object_id: bytes) -> bool:
         """True when the object is pinned here."""
         return bool(self._query("SELECT 1 FROM pins WHERE object_id = ?", (object_id,)))
+
+    # -- peers and what they hold
+
+    def add_peer(self, peer_id: bytes, address: str) -> None:
+        """Remember a peer to dial (replacing its address)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO peers (peer_id, address, added_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(peer_id) DO UPDATE SET address = excluded.address",
+                (peer_id, address, time.time()),
+            )
+
+    def remove_peer(self, peer_id: bytes) -> bool:
+        """Forget a peer and what it held; False when it was not known."""
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,)).rowcount
+            db.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
+        return bool(gone)
+
+    def peers(self) -> list[tuple[bytes, str]]:
+        """Peers to dial, oldest first."""
+        return [(bytes(r[0]), str(r[1])) for r in self._query("SELECT peer_id, address FROM peers ORDER BY added_at")]
+
+    def set_holding(self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0) -> None:
+        """Record (part of) a peer's HAVE bitmap for one object."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT bitmap FROM holdings WHERE peer_id = ? AND object_id = ?", (peer_id, object_id)
+            ).fetchone()
+            old = bytearray(row[0]) if row and offset else bytearray()
+            if len(old) < offset + len(bitmap):
+                old.extend(bytes(offset + len(bitmap) - len(old)))
+            old[offset : offset + len(bitmap)] = bitmap
+            db.execute(
+                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
+                " updated_at = excluded.updated_at",
+                (peer_id, object_id, bytes(old), time.time()),
+            )
+
+    def holdings(self, object_id: bytes) -> list[tuple[bytes, bytes, float]]:
+        """(peer, bitmap, when) for every peer that announced blocks of this object."""
+        rows = self._query("SELECT peer_id, bitmap, updated_at FROM holdings WHERE object_id = ?", (object_id,))
+        return [(bytes(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+
+    def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
+        """(object, bitmap) for everything one peer announced."""
+        rows = self._query("SELECT object_id, bitmap FROM holdings WHERE peer_id = ?", (peer_id,))
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
+    def local_indexes(self, object_id: bytes) -> list[int] | None:
+        """Positions (in manifest order) of the object's blocks stored here; None if unknown."""
+        rows = self._query(
+            """SELECT ob.segment, ob.share, EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id)
+               FROM object_blocks ob WHERE ob.object_id = ? AND ob.segment >= 0""",
+            (object_id,),
+        )
+        if not rows:
+            return None
+        n = max(int(r[1]) for r in rows) + 1
+        return sorted(int(r[0]) * n + int(r[1]) for r in rows if r[2])
 
 
 def _split(script: str) -> list[str]:

@@ -90,11 +90,15 @@ class Cancel(Message):
 
 @dataclass(frozen=True)
 class Have(Message):
-    """Which blocks of one object the sender holds: a bitmap over the manifest's block list."""
+    """Which blocks of one object the sender holds: a bitmap over the manifest's block list.
+
+    Large bitmaps travel in pieces; `offset` is where this piece starts, in bytes.
+    """
 
     TYPE: ClassVar[str] = "have"
     object: bytes
     bitmap: bytes
+    offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""JSON shapes shared by the REST API and the CLI's --json, built from node objects."""
+
+from typing import Any
+
+from peercloud.cloud.ledger import ObjectStatus
+from peercloud.content.caps import VerifyCap
+from peercloud.content.manifest import Manifest
+from peercloud.node.fsck import FsckReport
+from peercloud.node.ingest import AddResult
+from peercloud.node.local import ObjectInfo
+from peercloud.store.index import Index, ObjectRecord
+from peercloud.swarm.peers import PeerInfo
+
+
+def object_row(r: ObjectRecord) -> dict[str, Any]:
+    """One line of `ls`."""
+    return {
+        "object_id": r.object_id.hex(),
+        "name": r.name,
+        "size": r.size,
+        "class": r.storage_class,
+        "local_percent": round(r.local_percent, 2),
+        "added_at": r.added_at,
+        "readable": r.read_key is not None,
+    }
+
+
+def add_result(result: AddResult) -> dict[str, Any]:
+    """What `add` prints."""
+    m = result.manifest
+    return {
+        "object_id": m.object_id.hex(),
+        "read_cap": str(result.read_cap),
+        "verify_cap": str(result.read_cap.verify_cap),
+        "name": result.name,
+        "size": m.size,
+        "class": result.storage_class,
+        "segments": m.segment_count,
+        "blocks": len(m.blocks()) + 1,
+        "new_bytes": result.new_bytes,
+    }
+
+
+def info(i: ObjectInfo) -> dict[str, Any]:
+    """What `info` prints: the manifest summary and what is known here."""
+    m, r = i.manifest, i.record
+    return {
+        "object_id": m.object_id.hex(),
+        "verify_cap": str(VerifyCap(m.object_id)),
+        "read_cap": str(i.read_cap) if i.read_cap else None,
+        "name": r.name if r else None,
+        "class": r.storage_class if r else None,
+        "size": m.size,
+        "segment_size": m.segment_size,
+        "segments": m.segment_count,
+        "cipher": m.cipher,
+        "coding": {"k": m.coding.k, "n": m.coding.n},
+        "blocks": len(m.blocks()),
+        "leaf_size": m.leaf_size,
+        "manifest_bytes": len(m.encode()),
+        "stored_bytes": m.stored_size,
+        "local_percent": round(r.local_percent, 2) if r else None,
+    }
+
+
+def object_status(status: ObjectStatus, manifest: Manifest, record: ObjectRecord | None) -> dict[str, Any]:
+    """What `status OBJ` prints: every holder and the redundancy figures."""
+    total = status.total_blocks
+    return {
+        "object_id": status.object_id.hex(),
+        "name": record.name if record else None,
+        "class": record.storage_class if record else None,
+        "size": manifest.size,
+        "coding": {"k": manifest.coding.k, "n": manifest.coding.n},
+        "total_blocks": total,
+        "local_percent": round(status.local_percent, 2),
+        "complete_copies": status.complete_copies,
+        "distributed_copies": round(status.distributed_copies, 3),
+        "holders": [
+            {
+                "peer_id": h.peer_id,
+                "percent": round(h.percent(total), 2),
+                "online": h.online,
+                "self": h.is_self,
+                "blocks": list(h.blocks),
+                "updated_at": h.updated_at,
+            }
+            for h in status.holders
+        ],
+    }
+
+
+def peers(infos: list[PeerInfo], index: Index) -> list[dict[str, Any]]:
+    """What `peers` prints, including how many blocks of our objects each peer holds."""
+    ours = {r.object_id for r in index.objects() if r.local_blocks}
+    rows = []
+    for p in infos:
+        held = sum(
+            bin(int.from_bytes(bitmap, "big")).count("1")
+            for oid, bitmap in index.peer_holdings(p.peer_id.public_key)
+            if oid in ours
+        )
+        rows.append(
+            {
+                "peer_id": str(p.peer_id),
+                "address": p.address,
+                "connected": p.connected,
+                "rtt_ms": round(p.rtt * 1000, 2) if p.rtt is not None else None,
+                "bytes_in": p.bytes_in,
+                "bytes_out": p.bytes_out,
+                "path": p.path,
+                "blocks_held": held,
+                "banned": p.banned_until is not None,
+            }
+        )
+    return rows
+
+
+def fsck(report: FsckReport, records: list[ObjectRecord]) -> dict[str, Any]:
+    """What `fsck` prints."""
+    names = {r.object_id: r.name for r in records}
+    return {
+        "ok": not report.damaged,
+        "blocks_checked": report.blocks_checked,
+        "bytes_checked": report.bytes_checked,
+        "corrupt": [b.hex() for b in report.corrupt],
+        "missing": [b.hex() for b in report.missing],
+        "strays_removed": report.strays_removed,
+        "damaged_objects": [
+            {"object_id": oid.hex(), "name": names.get(oid, name), "recoverable": rec}
+            for oid, name, rec in report.damaged_objects
+        ],
+    }
+
+
+def node_status(s: Any) -> dict[str, Any]:
+    """What `status --node` prints."""
+    return {
+        "peer_id": s.peer_id,
+        "version": s.version,
+        "uptime": round(s.uptime, 1),
+        "listen": s.listen,
+        "peers_connected": s.peers_connected,
+        "peers_known": s.peers_known,
+        "bytes_in": s.bytes_in,
+        "bytes_out": s.bytes_out,
+        "objects": s.objects,
+        "stored_bytes": s.stored_bytes,
+    }

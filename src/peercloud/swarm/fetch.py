@@ -1,0 +1,179 @@
+"""Multi-source fetch: rarest first, several requests per peer, endgame, retries, bans.
+
+The wanted blocks come in groups: a group is done when `need` of its candidate blocks are
+stored locally. A replicated object has one group per block (need 1); an erasure-coded get has
+one group per segment (need k minus the shares already here); a pin wants every block.
+Every block is verified against its ID before it is stored; a peer that sends a block failing
+verification is banned and the block is fetched elsewhere. Blocks are committed as they arrive,
+so an interrupted fetch resumes where it stopped.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from peercloud.errors import IntegrityError, PeercloudError
+from peercloud.identity import PeerId
+from peercloud.net.link import PeerError, PeerLink
+from peercloud.store.blockstore import BlockStore
+from peercloud.swarm.peers import PeerManager
+
+log = logging.getLogger(__name__)
+PER_PEER_INFLIGHT = 8
+REQUEST_TIMEOUT = 30.0
+STALL_TIMEOUT = 20.0
+
+
+class FetchError(PeercloudError):
+    """Some wanted blocks could not be had from any reachable peer."""
+
+
+@dataclass
+class Group:
+    """Candidate blocks of which `need` must end up stored here."""
+
+    candidates: list[bytes]
+    need: int
+
+
+@dataclass
+class _State:
+    groups: list[Group]
+    holders: Callable[[bytes], set[PeerId]]
+    group_of: dict[bytes, int] = field(default_factory=dict)
+    inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
+    per_peer: dict[PeerId, int] = field(default_factory=dict)
+    failed: dict[bytes, set[PeerId]] = field(default_factory=dict)
+
+
+async def fetch(
+    peers: PeerManager,
+    store: BlockStore,
+    groups: list[Group],
+    holders: Callable[[bytes], set[PeerId]],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Fetch until every group is satisfied; returns bytes fetched. Raises FetchError when stuck."""
+    st = _State([g for g in groups if g.need > 0], holders)
+    for gi, g in enumerate(st.groups):
+        for bid in g.candidates:
+            st.group_of[bid] = gi
+    tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]] = {}
+    fetched = 0
+    try:
+        while any(g.need > 0 for g in st.groups):
+            _schedule(peers, st, tasks)
+            if not tasks:
+                missing = sum(g.need for g in st.groups if g.need > 0)
+                await peers.changed(STALL_TIMEOUT)
+                _schedule(peers, st, tasks)
+                if not tasks:
+                    raise FetchError(
+                        f"{missing} blocks are not held by any reachable peer; connect a peer that has "
+                        "them (`peercloud peers add`) and try again"
+                    )
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                bid, pid = tasks.pop(task)
+                st.inflight.get(bid, set()).discard(pid)
+                st.per_peer[pid] -= 1
+                fetched += await _complete(peers, store, st, tasks, task, bid, pid, progress)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return fetched
+
+
+def _wanted(st: _State) -> list[tuple[int, bytes]]:
+    """Blocks still worth requesting, rarest first, with their availability."""
+    out = []
+    for g in st.groups:
+        if g.need <= 0:
+            continue
+        flying = sum(1 for b in g.candidates if st.inflight.get(b))
+        for bid in g.candidates:
+            if st.inflight.get(bid) or flying >= g.need:
+                continue
+            out.append((len(st.holders(bid)), bid))
+    out.sort()
+    return out
+
+
+def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]]) -> None:
+    links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
+    wanted = _wanted(st)
+    endgame = not wanted
+    if endgame:  # everything is in flight: ask other peers for the same blocks too
+        wanted = sorted((len(st.holders(b)), b) for b, who in st.inflight.items() if who and _open(st, b))
+    for _, bid in wanted:
+        group = st.groups[st.group_of[bid]]
+        flying = sum(1 for b in group.candidates if st.inflight.get(b))
+        if not endgame and flying >= group.need:
+            continue
+        candidates = [
+            pid
+            for pid in st.holders(bid)
+            if pid in links
+            and st.per_peer.get(pid, 0) < PER_PEER_INFLIGHT
+            and pid not in st.inflight.get(bid, set())
+            and pid not in st.failed.get(bid, set())
+        ]
+        if not candidates:
+            continue
+        pid = min(candidates, key=lambda p: st.per_peer.get(p, 0))  # least busy holder
+        _start(links[pid], st, tasks, bid, pid)
+
+
+def _open(st: _State, bid: bytes) -> bool:
+    return st.groups[st.group_of[bid]].need > 0
+
+
+def _start(
+    link: PeerLink, st: _State, tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]], bid: bytes, pid: PeerId
+) -> None:
+    task = asyncio.get_running_loop().create_task(link.get_block(bid, REQUEST_TIMEOUT))
+    tasks[task] = (bid, pid)
+    st.inflight.setdefault(bid, set()).add(pid)
+    st.per_peer[pid] = st.per_peer.get(pid, 0) + 1
+
+
+async def _complete(
+    peers: PeerManager,
+    store: BlockStore,
+    st: _State,
+    tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]],
+    task: asyncio.Task[bytes],
+    bid: bytes,
+    pid: PeerId,
+    progress: Callable[[int], None] | None,
+) -> int:
+    group = st.groups[st.group_of[bid]]
+    if task.cancelled():
+        return 0
+    exc = task.exception()
+    if exc is not None:
+        if not isinstance(exc, PeerError):
+            raise exc
+        log.info("block %s from %s failed: %s", bid.hex()[:12], pid.short(), exc)
+        st.failed.setdefault(bid, set()).add(pid)
+        return 0
+    if bid not in group.candidates:
+        return 0  # an endgame duplicate of a block already stored
+    data = task.result()
+    try:
+        await asyncio.to_thread(store.put, data, bid)
+    except IntegrityError:
+        peers.ban(pid, f"sent block {bid.hex()[:12]} that failed verification")
+        st.failed.setdefault(bid, set()).add(pid)
+        return 0
+    group.need -= 1
+    group.candidates.remove(bid)
+    # Withdraw requests made redundant: the same block from another peer (endgame), or other
+    # shares of a segment that now has enough.
+    for other, (obid, _) in list(tasks.items()):
+        if obid == bid or (group.need <= 0 and st.group_of.get(obid) == st.group_of[bid]):
+            other.cancel()
+    if progress:
+        progress(len(data))
+    return len(data)
