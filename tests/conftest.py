@@ -27,7 +27,9 @@ def run_cli(home: Path, *args: str, check: bool = False, cwd: Path | None = None
 
 
 def random_bytes(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
+    rng = random.Random(seed)
+    chunk = 16 * 1024 * 1024
+    return b"".join(rng.randbytes(min(chunk, size - i)) for i in range(0, size, chunk))
 
 
 @pytest.fixture
