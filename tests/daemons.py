@@ -2,35 +2,18 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conftest import CLI_ENV, run_cli
+from peercloud.node.process import DaemonProcess
+from peercloud.node.process import start_daemon as launch
+
+from .conftest import run_cli
 
 
-@dataclass
-class Daemon:
-    home: Path
-    proc: subprocess.Popen[bytes]
-    state: dict[str, Any]
-
-    @property
-    def peer_id(self) -> str:
-        return str(self.state["peer_id"])
-
-    @property
-    def address(self) -> str:
-        return f"{self.peer_id}@{self.state['listen'][0]}"
-
-    @property
-    def port(self) -> int:
-        return int(self.state["listen"][0].rsplit(":", 1)[1])
-
+class Daemon(DaemonProcess):
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(self.home, *args, check=check)
 
@@ -43,52 +26,10 @@ class Daemon:
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
 
 def start_daemon(home: Path) -> Daemon:
-    if not (home / "node.key").exists():
-        run_cli(home, "init", check=True)
-    (home / "daemon.json").unlink(missing_ok=True)
-    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - lives as long as the process
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peercloud",
-            "--home",
-            str(home),
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--api",
-            "127.0.0.1:0",
-            "--verbose",
-        ],
-        env=CLI_ENV,
-        stdout=log,
-        stderr=log,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited: {(home / 'daemon.log').read_text()}")
-        try:
-            state = json.loads((home / "daemon.json").read_text())
-            if state["pid"] == proc.pid:
-                return Daemon(home, proc, state)
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError("daemon did not start")
+    d = launch(home, verbose=True)
+    return Daemon(d.home, d.proc, d.state)
 
 
 def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

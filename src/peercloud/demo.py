@@ -1,4 +1,4 @@
-"""`peercloud demo`: a narrated tour on a throw-away node, running the real CLI as a user would."""
+"""`peercloud demo`: three daemons on loopback share a file; every step is a real CLI command."""
 
 import hashlib
 import json
@@ -11,19 +11,20 @@ from pathlib import Path
 
 from rich.console import Console
 
+from peercloud.node.process import DaemonProcess, start_daemon
+
 console = Console(highlight=False, soft_wrap=True)
 
 
-def _run(home: Path, *args: str, show: bool = True) -> str:
-    """Run the CLI in the demo folder (so paths stay short) and echo it like a terminal session."""
+def _run(name: str, home: Path, *args: str, show: bool = True) -> str:
+    """Run the CLI against one node, echoed like a terminal session."""
     shown = " ".join(shlex.quote(a) for a in args)
     if show:
-        console.print(f"[bold cyan]$ peercloud {shown}[/bold cyan]")
+        console.print(f"[bold cyan]{name}$ peercloud {shown}[/bold cyan]")
     proc = subprocess.run(
         [sys.executable, "-m", "peercloud", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        cwd=home.parent,
+        capture_output=True, text=True, cwd=home.parent,
+        env={**os.environ, "COLUMNS": str(max(console.width, 110))},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"peercloud {shown} failed:\n{proc.stderr}")
@@ -33,43 +34,48 @@ def _run(home: Path, *args: str, show: bool = True) -> str:
 
 
 def _sample(path: Path) -> None:
-    """A file that is partly text and partly random, several segments long."""
     with open(path, "wb") as f:
         f.write(b"peercloud demo file\n" * 1000)
-        f.write(os.urandom(5 * 1024 * 1024 + 4321))
+        f.write(os.urandom(24 * 1024 * 1024 + 4321))
 
 
 def run() -> int:
     """Run the tour; returns an exit code."""
     with tempfile.TemporaryDirectory(prefix="peercloud-demo-") as tmp:
         work = Path(tmp)
-        home = work / "node"
-        console.rule("peercloud demo: one node, two storage classes")
-        console.print("Create a throw-away node (its key, config, index and block folder):")
-        _run(home, "init")
-        sample = work / "sample.bin"
-        _sample(sample)
-        digest = hashlib.sha256(sample.read_bytes()).hexdigest()
-        console.print(f"\nA sample file of {sample.stat().st_size} bytes (sha256 {digest[:16]}…).")
-        console.print("Add it as 3 full replicas (one block per segment; later peers hold the copies):")
-        replicated = json.loads(_run(home, "add", sample.name, "--class", "replica-3", "--json"))
-        console.print(f"  object {replicated['object_id'][:16]}…, read cap {replicated['read_cap'][:24]}…")
-        console.print("Add it again, erasure-coded 2+1 (any 2 of 3 shares rebuild each segment):")
-        coded = json.loads(_run(home, "add", sample.name, "--class", "ec-2+1", "--json"))
-        console.print(f"  object {coded['object_id'][:16]}…: a different key, so a different object")
-        console.print("\nWhat the node holds:")
-        _run(home, "ls")
-        console.print("\nThe erasure-coded object's manifest:")
-        _run(home, "info", coded["object_id"][:12])
-        console.print("\nGet both back with their read caps; every block is verified on the way:")
-        for added in (replicated, coded):
-            out = work / f"back-{added['class']}.bin"
-            _run(home, "get", added["read_cap"], "-o", out.name)
-            same = hashlib.sha256(out.read_bytes()).hexdigest() == digest
-            console.print(f"  {out.name}: {'identical to the original' if same else 'DIFFERENT'}")
+        nodes: dict[str, DaemonProcess] = {}
+        try:
+            console.rule("peercloud demo: three peers on loopback")
+            for name in ("alice", "bob", "carol"):
+                nodes[name] = start_daemon(work / name)
+                console.print(f"started {name}: {nodes[name].peer_id[:20]}… on {nodes[name].state['listen'][0]}")
+            alice, bob, carol = (nodes[n] for n in ("alice", "bob", "carol"))
+            console.print("\nBob and Carol learn Alice's address; Carol also knows Bob:")
+            _run("bob", bob.home, "peers", "add", alice.address)
+            _run("carol", carol.home, "peers", "add", alice.address)
+            _run("carol", carol.home, "peers", "add", bob.address)
+            sample = work / "holiday.mp4"
+            _sample(sample)
+            digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+            console.print(f"\nAlice adds a {sample.stat().st_size / 2**20:.0f} MiB file:")
+            added = json.loads(_run("alice", alice.home, "add", sample.name, "--class", "replica-3", "--json"))
+            console.print(f"  object {added['object_id'][:16]}…  read cap {added['read_cap'][:28]}…")
+            console.print("\nBob pins it with the verify cap alone: he stores every block but cannot read it:")
+            _run("bob", bob.home, "pin", added["verify_cap"])
+            console.print("\nCarol gets it with the read cap, from Alice and Bob at once:")
+            _run("carol", carol.home, "get", added["read_cap"], "-o", "carols-copy.mp4")
+            same = hashlib.sha256((work / "carols-copy.mp4").read_bytes()).hexdigest() == digest
+            console.print(f"  carol's copy is {'identical to' if same else 'DIFFERENT from'} alice's")
+            console.print("\nCarol's peers, with traffic and round-trip times:")
+            _run("carol", carol.home, "peers")
+            console.print("\nWho holds what, as Carol sees it:")
+            _run("carol", carol.home, "status", added["object_id"][:12])
             if not same:
                 return 1
-        console.print("\nCheck every stored block against its ID:")
-        _run(home, "fsck")
-        console.rule("demo done; the throw-away node is deleted")
+        finally:
+            console.print("\nStopping the three daemons:")
+            for name, d in nodes.items():
+                code = d.stop()
+                console.print(f"  {name} stopped ({'cleanly' if code == 0 else f'exit code {code}'})")
+        console.rule("demo done; the throw-away nodes are deleted")
     return 0
