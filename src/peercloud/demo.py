@@ -23,7 +23,9 @@ def _run(name: str, home: Path, *args: str, show: bool = True) -> str:
         console.print(f"[bold cyan]{name}$ peercloud {shown}[/bold cyan]")
     proc = subprocess.run(
         [sys.executable, "-m", "peercloud", "--home", str(home), *args],
-        capture_output=True, text=True, cwd=home.parent,
+        capture_output=True,
+        text=True,
+        cwd=home.parent,
         env={**os.environ, "COLUMNS": str(max(console.width, 110))},
     )
     if proc.returncode != 0:

@@ -5,6 +5,7 @@ encryption, disk) runs in threads so the event loop keeps serving peers meanwhil
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from peercloud.swarm.upload import block_server
 from peercloud.wire import messages as m
 
 Progress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,10 +182,20 @@ class NodeService:
         manifest = await self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
         out = out or self.node.default_output(text)
+        started = time.perf_counter()
         await self._gather(manifest, all_blocks=False, progress=progress)
+        fetched = time.perf_counter()
         self._record(manifest, out.name, cap.key, pin=False)  # a name known here is kept
         self._announce(manifest.object_id)
-        return await asyncio.to_thread(self.node.get, str(cap), out)
+        result = await asyncio.to_thread(self.node.get, str(cap), out)
+        log.info(
+            "get %s: %.2f s gathering blocks, %.2f s decrypting to %s",
+            manifest.object_id.hex()[:12],
+            fetched - started,
+            time.perf_counter() - fetched,
+            out,
+        )
+        return result
 
     async def pin(self, text: str, progress: Progress | None) -> Manifest:
         """Fetch and keep every block of an object; needs only its verify cap."""

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from peercloud.errors import IntegrityError, PeercloudError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
-from peercloud.store.blockstore import BlockStore
+from peercloud.store.blockstore import BlockStore, Staged
 from peercloud.swarm.peers import PeerManager
 
 log = logging.getLogger(__name__)
-PER_PEER_INFLIGHT = 8
+PER_PEER_INFLIGHT = 32
 REQUEST_TIMEOUT = 30.0
 STALL_TIMEOUT = 20.0
+COMMIT_EVERY = 32  # staged blocks per index transaction
 
 
 class FetchError(PeercloudError):
@@ -39,8 +40,10 @@ class Group:
 
 @dataclass
 class _State:
+    store: BlockStore
     groups: list[Group]
     holders: Callable[[bytes], set[PeerId]]
+    staged: list[Staged] = field(default_factory=list)
     group_of: dict[bytes, int] = field(default_factory=dict)
     inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
     per_peer: dict[PeerId, int] = field(default_factory=dict)
@@ -55,11 +58,11 @@ async def fetch(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Fetch until every group is satisfied; returns bytes fetched. Raises FetchError when stuck."""
-    st = _State([g for g in groups if g.need > 0], holders)
+    st = _State(store, [g for g in groups if g.need > 0], holders)
     for gi, g in enumerate(st.groups):
         for bid in g.candidates:
             st.group_of[bid] = gi
-    tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]] = {}
+    tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]] = {}
     fetched = 0
     try:
         while any(g.need > 0 for g in st.groups):
@@ -78,11 +81,18 @@ async def fetch(
                 bid, pid = tasks.pop(task)
                 st.inflight.get(bid, set()).discard(pid)
                 st.per_peer[pid] -= 1
-                fetched += await _complete(peers, store, st, tasks, task, bid, pid, progress)
+                fetched += _complete(peers, st, tasks, task, bid, pid, progress)
     finally:
         for task in tasks:
             task.cancel()
+        _commit(st)  # what arrived is kept: an interrupted fetch resumes from here
     return fetched
+
+
+def _commit(st: _State) -> None:
+    """Make staged blocks visible in one transaction (their files are already durable)."""
+    st.store.commit(st.staged)
+    st.staged = []
 
 
 def _wanted(st: _State) -> list[tuple[int, bytes]]:
@@ -100,7 +110,7 @@ def _wanted(st: _State) -> list[tuple[int, bytes]]:
     return out
 
 
-def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]]) -> None:
+def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]]) -> None:
     links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
     wanted = _wanted(st)
     endgame = not wanted
@@ -125,25 +135,34 @@ def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[bytes], t
         _start(links[pid], st, tasks, bid, pid)
 
 
+async def _fetch_one(link: PeerLink, store: BlockStore, bid: bytes) -> Staged:
+    """Request one block and stage it (verify, write, fsync) off the event loop.
+
+    Staging inside the request task lets many blocks hash and fsync at once while the
+    scheduler keeps every peer's request slots busy.
+    """
+    data = await link.get_block(bid, REQUEST_TIMEOUT)
+    return await asyncio.to_thread(store.stage, data, bid)
+
+
 def _open(st: _State, bid: bytes) -> bool:
     return st.groups[st.group_of[bid]].need > 0
 
 
 def _start(
-    link: PeerLink, st: _State, tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]], bid: bytes, pid: PeerId
+    link: PeerLink, st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]], bid: bytes, pid: PeerId
 ) -> None:
-    task = asyncio.get_running_loop().create_task(link.get_block(bid, REQUEST_TIMEOUT))
+    task = asyncio.get_running_loop().create_task(_fetch_one(link, st.store, bid))
     tasks[task] = (bid, pid)
     st.inflight.setdefault(bid, set()).add(pid)
     st.per_peer[pid] = st.per_peer.get(pid, 0) + 1
 
 
-async def _complete(
+def _complete(
     peers: PeerManager,
-    store: BlockStore,
     st: _State,
-    tasks: dict[asyncio.Task[bytes], tuple[bytes, PeerId]],
-    task: asyncio.Task[bytes],
+    tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]],
+    task: asyncio.Task[Staged],
     bid: bytes,
     pid: PeerId,
     progress: Callable[[int], None] | None,
@@ -152,21 +171,22 @@ async def _complete(
     if task.cancelled():
         return 0
     exc = task.exception()
+    if isinstance(exc, IntegrityError):
+        peers.ban(pid, f"sent block {bid.hex()[:12]} that failed verification")
+        st.failed.setdefault(bid, set()).add(pid)
+        return 0
     if exc is not None:
         if not isinstance(exc, PeerError):
             raise exc
         log.info("block %s from %s failed: %s", bid.hex()[:12], pid.short(), exc)
         st.failed.setdefault(bid, set()).add(pid)
         return 0
+    staged = task.result()
+    st.staged.append(staged)
+    if len(st.staged) >= COMMIT_EVERY:
+        _commit(st)
     if bid not in group.candidates:
         return 0  # an endgame duplicate of a block already stored
-    data = task.result()
-    try:
-        await asyncio.to_thread(store.put, data, bid)
-    except IntegrityError:
-        peers.ban(pid, f"sent block {bid.hex()[:12]} that failed verification")
-        st.failed.setdefault(bid, set()).add(pid)
-        return 0
     group.need -= 1
     group.candidates.remove(bid)
     # Withdraw requests made redundant: the same block from another peer (endgame), or other
@@ -175,5 +195,5 @@ async def _complete(
         if obid == bid or (group.need <= 0 and st.group_of.get(obid) == st.group_of[bid]):
             other.cancel()
     if progress:
-        progress(len(data))
-    return len(data)
+        progress(staged.size)
+    return staged.size
