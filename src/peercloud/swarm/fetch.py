@@ -45,9 +45,20 @@ class _State:
     holders: Callable[[bytes], set[PeerId]]
     staged: list[Staged] = field(default_factory=list)
     group_of: dict[bytes, int] = field(default_factory=dict)
+    flying: list[int] = field(default_factory=list)  # per group: its blocks now in flight
     inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
     per_peer: dict[PeerId, int] = field(default_factory=dict)
     failed: dict[bytes, set[PeerId]] = field(default_factory=dict)
+    order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
+    order_version: int = -1
+    cursor: int = 0  # order[:cursor] is all done
+
+    def open_groups(self) -> int:
+        return sum(1 for g in self.groups if g.need > 0)
+
+    def wanted(self, bid: bytes) -> bool:
+        group = self.groups[self.group_of[bid]]
+        return group.need > 0 and bid in group.candidates
 
 
 async def fetch(
@@ -59,27 +70,30 @@ async def fetch(
 ) -> int:
     """Fetch until every group is satisfied; returns bytes fetched. Raises FetchError when stuck."""
     st = _State(store, [g for g in groups if g.need > 0], holders)
+    st.flying = [0] * len(st.groups)
     for gi, g in enumerate(st.groups):
         for bid in g.candidates:
             st.group_of[bid] = gi
     tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]] = {}
     fetched = 0
     try:
-        while any(g.need > 0 for g in st.groups):
+        while st.open_groups():
             _schedule(peers, st, tasks)
             if not tasks:
-                missing = sum(g.need for g in st.groups if g.need > 0)
                 await peers.changed(STALL_TIMEOUT)
                 _schedule(peers, st, tasks)
                 if not tasks:
                     raise FetchError(
-                        f"{missing} blocks are not held by any reachable peer; connect a peer that has "
-                        "them (`peercloud peers add`) and try again"
+                        f"{sum(g.need for g in st.groups if g.need > 0)} blocks are not held by any reachable "
+                        "peer; connect a peer that has them (`peercloud peers add`) and try again"
                     )
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 bid, pid = tasks.pop(task)
-                st.inflight.get(bid, set()).discard(pid)
+                who = st.inflight.get(bid, set())
+                who.discard(pid)
+                if not who:
+                    st.flying[st.group_of[bid]] -= 1
                 st.per_peer[pid] -= 1
                 fetched += _complete(peers, st, tasks, task, bid, pid, progress)
     finally:
@@ -95,44 +109,63 @@ def _commit(st: _State) -> None:
     st.staged = []
 
 
-def _wanted(st: _State) -> list[tuple[int, bytes]]:
-    """Blocks still worth requesting, rarest first, with their availability."""
-    out = []
-    for g in st.groups:
-        if g.need <= 0:
-            continue
-        flying = sum(1 for b in g.candidates if st.inflight.get(b))
-        for bid in g.candidates:
-            if st.inflight.get(bid) or flying >= g.need:
-                continue
-            out.append((len(st.holders(bid)), bid))
-    out.sort()
-    return out
+def _reorder(peers: PeerManager, st: _State) -> None:
+    """Rarest first; among equals, file order (so reads downstream stay mostly sequential)."""
+    blocks = [b for g in st.groups if g.need > 0 for b in g.candidates]
+    rarity = {b: len(st.holders(b)) for b in blocks}
+    st.order = sorted(blocks, key=rarity.__getitem__)
+    st.order_version = peers.have_version
+    st.cursor = 0
 
 
 def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]]) -> None:
     links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
-    wanted = _wanted(st)
-    endgame = not wanted
-    if endgame:  # everything is in flight: ask other peers for the same blocks too
-        wanted = sorted((len(st.holders(b)), b) for b, who in st.inflight.items() if who and _open(st, b))
-    for _, bid in wanted:
-        group = st.groups[st.group_of[bid]]
-        flying = sum(1 for b in group.candidates if st.inflight.get(b))
-        if not endgame and flying >= group.need:
+    free = sum(max(0, PER_PEER_INFLIGHT - st.per_peer.get(pid, 0)) for pid in links)
+    if not free:
+        return
+    if st.order_version != peers.have_version:
+        _reorder(peers, st)
+    while st.cursor < len(st.order) and not st.wanted(st.order[st.cursor]):
+        st.cursor += 1
+    waiting = False  # some wanted block is not in flight yet
+    for bid in st.order[st.cursor :]:
+        if free <= 0:
+            return
+        gi = st.group_of[bid]
+        if not st.wanted(bid) or st.inflight.get(bid) or st.flying[gi] >= st.groups[gi].need:
             continue
-        candidates = [
-            pid
-            for pid in st.holders(bid)
-            if pid in links
-            and st.per_peer.get(pid, 0) < PER_PEER_INFLIGHT
-            and pid not in st.inflight.get(bid, set())
-            and pid not in st.failed.get(bid, set())
-        ]
-        if not candidates:
-            continue
-        pid = min(candidates, key=lambda p: st.per_peer.get(p, 0))  # least busy holder
-        _start(links[pid], st, tasks, bid, pid)
+        waiting = True
+        if _start_from_best(links, st, tasks, bid):
+            free -= 1
+    if not waiting:  # endgame: everything wanted is in flight; ask other holders too
+        for bid in [b for b, who in st.inflight.items() if who and st.wanted(b)]:
+            if free <= 0:
+                return
+            if _start_from_best(links, st, tasks, bid):
+                free -= 1
+
+
+def _start_from_best(
+    links: dict[PeerId, PeerLink], st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]], bid: bytes
+) -> bool:
+    """Ask the least busy holder that has not failed us for this block; False if none can."""
+    busy = st.inflight.get(bid, set())
+    failed = st.failed.get(bid, set())
+    candidates = [
+        pid
+        for pid in st.holders(bid)
+        if pid in links and st.per_peer.get(pid, 0) < PER_PEER_INFLIGHT and pid not in busy and pid not in failed
+    ]
+    if not candidates:
+        return False
+    pid = min(candidates, key=lambda p: st.per_peer.get(p, 0))
+    task = asyncio.get_running_loop().create_task(_fetch_one(links[pid], st.store, bid))
+    tasks[task] = (bid, pid)
+    if not busy:
+        st.flying[st.group_of[bid]] += 1
+    st.inflight.setdefault(bid, set()).add(pid)
+    st.per_peer[pid] = st.per_peer.get(pid, 0) + 1
+    return True
 
 
 async def _fetch_one(link: PeerLink, store: BlockStore, bid: bytes) -> Staged:
@@ -143,19 +176,6 @@ async def _fetch_one(link: PeerLink, store: BlockStore, bid: bytes) -> Staged:
     """
     data = await link.get_block(bid, REQUEST_TIMEOUT)
     return await asyncio.to_thread(store.stage, data, bid)
-
-
-def _open(st: _State, bid: bytes) -> bool:
-    return st.groups[st.group_of[bid]].need > 0
-
-
-def _start(
-    link: PeerLink, st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]], bid: bytes, pid: PeerId
-) -> None:
-    task = asyncio.get_running_loop().create_task(_fetch_one(link, st.store, bid))
-    tasks[task] = (bid, pid)
-    st.inflight.setdefault(bid, set()).add(pid)
-    st.per_peer[pid] = st.per_peer.get(pid, 0) + 1
 
 
 def _complete(
