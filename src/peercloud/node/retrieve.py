@@ -45,6 +45,41 @@ def check_key(manifest: Manifest, key: bytes) -> None:
         raise IntegrityError("the read cap's key does not belong to this object (wrong or altered cap)")
 
 
+class OutputFile:
+    """The destination of a get: a temp file beside `out`, renamed over it only when complete."""
+
+    def __init__(self, store: BlockStore, manifest: Manifest, key: bytes, out: Path) -> None:
+        check_key(manifest, key)
+        self.store, self.manifest, self.out = store, manifest, out
+        self._codec = SegmentCodec(key, manifest.coding)
+        self._tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
+        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def plaintext(self, segment: int) -> bytes:
+        """Read, verify, decode and decrypt one segment (thread-safe)."""
+        shares = read_segment_blocks(self.store, self.manifest, segment)
+        return self._codec.open(segment, shares, self.manifest.ciphertext_length(segment))
+
+    def append(self, plaintext: bytes) -> None:
+        """Write the next segment; segments must come in order, so the file grows sequentially."""
+        write_all(self._fd, plaintext)
+
+    def finish(self) -> None:
+        """Make the file durable and move it into place."""
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.out)
+        fsync_dir(self.out.parent)
+
+    def abort(self) -> None:
+        """Remove the partial file: a failed get leaves nothing behind."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._tmp.unlink(missing_ok=True)
+
+
 def get_to_file(
     store: BlockStore,
     manifest: Manifest,
@@ -54,30 +89,16 @@ def get_to_file(
     workers: int,
     progress: Progress | None = None,
 ) -> None:
-    """Write the object's plaintext to `out`, atomically."""
-    check_key(manifest, key)
-    codec = SegmentCodec(key, manifest.coding)
-    tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    """Write the object's plaintext to `out` from local blocks, atomically."""
+    output = OutputFile(store, manifest, key, out)
     try:
-
-        def fetch(segment: int) -> bytes:
-            shares = read_segment_blocks(store, manifest, segment)
-            return codec.open(segment, shares, manifest.ciphertext_length(segment))
-
-        # Workers verify and decrypt; this thread appends in order, so the file grows sequentially.
-        with closing(ordered_map(fetch, range(manifest.segment_count), workers)) as results:
+        # Workers verify and decrypt; this thread appends in order.
+        with closing(ordered_map(output.plaintext, range(manifest.segment_count), workers)) as results:
             for plaintext in results:
-                write_all(fd, plaintext)
+                output.append(plaintext)
                 if progress:
                     progress(len(plaintext))
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, out)
+        output.finish()
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
+        output.abort()
         raise
-    fsync_dir(out.parent)

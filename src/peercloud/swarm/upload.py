@@ -1,25 +1,31 @@
 """The upload service: answer peers' block requests from the local store."""
 
 import asyncio
+import weakref
 
 from peercloud.errors import IntegrityError, NotFoundError
 from peercloud.net.link import PeerLink, RequestHandler
 from peercloud.store.blockstore import BlockStore
 from peercloud.wire import messages as m
 
+READS_PER_LINK = 8  # blocks read and queued per peer at once: bounds memory whatever peers ask
+
 
 def block_server(store: BlockStore) -> RequestHandler:
     """A request handler serving verified blocks; a damaged local block is reported missing."""
+    gates: weakref.WeakKeyDictionary[PeerLink, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     async def on_request(link: PeerLink, msg: m.Message) -> None:
         if not isinstance(msg, m.GetBlock):
             return
-        try:
-            data = await asyncio.to_thread(store.get, msg.block)
-        except (NotFoundError, IntegrityError):
-            link.respond(msg.id, m.Error(msg.id, "not_found", "block not held here"))
-            return
-        await link.writable()
-        link.respond(msg.id, m.BlockData(msg.id, msg.block), data)
+        gate = gates.setdefault(link, asyncio.Semaphore(READS_PER_LINK))
+        async with gate:
+            try:
+                data = await asyncio.to_thread(store.get, msg.block)
+            except (NotFoundError, IntegrityError):
+                link.respond(msg.id, m.Error(msg.id, "not_found", "block not held here"))
+                return
+            await link.writable()  # the socket's buffer drained below its high-water mark
+            link.respond(msg.id, m.BlockData(msg.id, msg.block), data)
 
     return on_request
