@@ -129,3 +129,26 @@ def test_write_failure_leaves_nothing(store: BlockStore, monkeypatch: pytest.Mon
     assert store.used == 0
     assert store.index.block_ids() == []
     assert os.listdir(store.tmp_dir) == []
+
+
+def test_concurrent_stage_of_one_block_waits_for_the_writer(
+    store: BlockStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from peercloud.store import blockstore
+
+    real = blockstore.write_file_durably
+    monkeypatch.setattr(blockstore, "write_file_durably", lambda fd, data: (time.sleep(0.3), real(fd, data)))
+    data = random_bytes(10_000, 9)
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(store.stage(data)))
+    first.start()
+    time.sleep(0.05)
+    second = store.stage(data)  # while the first thread is still writing
+    assert second.new is False
+    assert store.path(second.block_id).exists()  # it only answered once the file was durable
+    first.join()
+    store.commit([*results, second])  # type: ignore[list-item]
+    assert store.has(second.block_id)
+    assert store.used == 10_000

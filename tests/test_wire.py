@@ -9,7 +9,17 @@ from hypothesis import strategies as st
 
 from peercloud.identity import Identity
 from peercloud.wire import messages as m
-from peercloud.wire.connection import Closed, Established, Limits, PeerConnection, Request, Response, State, Timeout
+from peercloud.wire.connection import (
+    Closed,
+    Established,
+    Limits,
+    Notice,
+    PeerConnection,
+    Request,
+    Response,
+    State,
+    Timeout,
+)
 
 HELLO = m.Hello(m.PROTOCOL_VERSION, ("blocks",), "test", ("127.0.0.1:1",))
 
@@ -185,8 +195,8 @@ def test_frame_decoder_rejects_garbage_headers(header: bytes, payload: bytes) ->
 @settings(max_examples=200, deadline=None)
 @given(
     msg=st.one_of(
-        st.builds(m.GetBlock, st.integers(0, 2**62), st.binary(min_size=32, max_size=32)),
-        st.builds(m.Have, st.binary(max_size=32), st.binary(max_size=100)),
+        st.builds(m.GetBlock, st.integers(1, 2**62), st.binary(min_size=32, max_size=32)),
+        st.builds(m.Have, st.binary(min_size=32, max_size=32), st.binary(max_size=100), st.integers(0, 1000)),
         st.builds(m.Error, st.integers(0, 2**62), st.sampled_from(m.ERROR_CODES), st.text(max_size=50)),
         st.builds(m.Hello, st.integers(0, 5), st.lists(st.text(max_size=8), max_size=4).map(tuple)),
     ),
@@ -204,12 +214,16 @@ def test_frames_round_trip_in_any_chunking(msg: m.Message, split: int) -> None:
 def test_frame_limits() -> None:
     with pytest.raises(m.ProtocolError, match="exceeds the limit"):
         m.FrameDecoder().feed(struct.pack(">IH", m.MAX_FRAME_BODY + 1, 10))
-    with pytest.raises(m.ProtocolError, match="header length"):
+    with pytest.raises(m.ProtocolError, match="header or payload length"):
         m.FrameDecoder().feed(struct.pack(">IH", 5, 10))
     ping = msgpack.packb({"t": "ping", "id": 1})
     with pytest.raises(m.ProtocolError, match="payload"):
         m.FrameDecoder().feed(struct.pack(">IH", 2 + len(ping) + 3, len(ping)) + ping + b"abc")
     for bad in (
+        {"t": "ping", "id": 0},
+        {"t": "get", "id": 1, "block": b"short"},
+        {1: 2, "t": "ping", "id": 1},
+        {"t": "have", "object": b"o" * 32, "bitmap": b"\xff", "offset": 2**40},
         {"t": "ping"},
         {"t": "ping", "id": -1},
         {"t": "ping", "id": "1"},
@@ -219,3 +233,28 @@ def test_frame_limits() -> None:
     ):
         with pytest.raises(m.ProtocolError):
             m.decode_header(msgpack.packb(bad))
+
+
+def test_cancel_keeps_the_slot_until_the_handler_finishes() -> None:
+    a, b, _, _ = connected(limits=Limits(max_inflight=2))
+    events(a), events(b)
+    for _ in range(5):  # get + cancel must not let the peer exceed max_inflight running handlers
+        rid = a.request(m.GetBlock(a.new_id(), b"\x03" * 32))
+        a.cancel(rid)
+    pump(a, b)
+    requests = [e for e in events(b) if isinstance(e, Request)]
+    assert len(requests) == 2
+    for r in requests:  # handlers finish; the cancelled answers are not sent
+        assert isinstance(r.message, m.GetBlock)
+        b.respond(r.message.id, m.BlockData(r.message.id, r.message.block), b"x")
+    assert b.data_to_send() == []
+
+
+def test_timeout_cancels_at_the_peer() -> None:
+    a, b, _, _ = connected()
+    events(a), events(b)
+    a.request(m.GetBlock(a.new_id(), b"\x04" * 32), timeout=1.0)
+    pump(a, b)
+    a.handle_timer(2.0)
+    pump(a, b)
+    assert [type(e) for e in events(b)] == [Request, Notice]

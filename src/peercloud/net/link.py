@@ -70,6 +70,7 @@ class PeerLink(asyncio.BufferedProtocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: dict[int, asyncio.Task[None]] = {}
         self.established: asyncio.Future[c.Established] = self._loop.create_future()
         self.closed: asyncio.Future[c.Closed] = self._loop.create_future()
         self.remote: str = "?"
@@ -208,19 +209,30 @@ class PeerLink(asyncio.BufferedProtocol):
             task = self._loop.create_task(self._handle(event.message))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            rid = getattr(event.message, "id", 0)
+            self._handlers[rid] = task
         elif isinstance(event, c.Notice):
-            if self._on_notice is not None:
+            if isinstance(event.message, m.Cancel):
+                handler = self._handlers.get(event.message.id)
+                if handler is not None:
+                    handler.cancel()
+            elif self._on_notice is not None:
                 self._on_notice(self, event.message)
         elif isinstance(event, c.Closed):
             self._on_close(event)
 
     async def _handle(self, msg: m.Message) -> None:
+        rid = getattr(msg, "id", 0)
         try:
             await self._on_request(self, msg)
-        except Exception:
-            log.exception("request handler failed for %s", msg)
-            if isinstance(msg, m.GetBlock):
-                self.respond(msg.id, m.Error(msg.id, "other", "internal error"))
+        except asyncio.CancelledError:
+            pass  # the peer cancelled, or the link closed
+        except Exception as e:
+            log.warning("request handler failed for %s from %s: %s", msg.TYPE, self._name(), e)
+            self.respond(rid, m.Error(rid, "other", "internal error"))
+        finally:
+            self._handlers.pop(rid, None)
+            self.conn.finish_request(rid)
 
     def _on_close(self, event: c.Closed) -> None:
         level = logging.WARNING if event.error else logging.INFO
@@ -259,14 +271,19 @@ async def dial(
         conn = c.PeerConnection(True, identity, hello, loop.time(), expected_peer=expected_peer)
         return PeerLink(conn, on_request, on_notice, on_closed)
 
+    link: PeerLink | None = None
     try:
         async with asyncio.timeout(timeout):
             _, link = await loop.create_connection(factory, address.host, address.port)
             await link.established
-    except TimeoutError:
-        raise PeerError(f"peer at {address} did not complete the handshake within {timeout:.0f} s") from None
-    except OSError as e:
-        raise PeerError(f"cannot connect to {address}: {e.strerror or e}") from None
+    except BaseException as e:
+        if link is not None:
+            link.close("dial abandoned")
+        if isinstance(e, TimeoutError):
+            raise PeerError(f"peer at {address} did not complete the handshake within {timeout:.0f} s") from None
+        if isinstance(e, OSError):
+            raise PeerError(f"cannot connect to {address}: {e.strerror or e}") from None
+        raise
     return link
 
 

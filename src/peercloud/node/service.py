@@ -141,7 +141,9 @@ class NodeService:
                 return known or set(self.peers.links)  # nobody announced it: ask everyone
 
             try:
-                await fetch.fetch(self.peers, self.node.store, [fetch.Group([object_id], 1)], holders)
+                await fetch.fetch(
+                    self.peers, self.node.store, [fetch.Group([object_id], 1)], holders, stall_timeout=3.0
+                )
             except fetch.FetchError:
                 raise NotFoundError(
                     f"unknown object {object_id.hex()}: not stored here and no connected peer has it"

@@ -42,7 +42,7 @@ class BlockStore:
         self.index = index
         self.quota = quota
         self._lock = threading.Lock()
-        self._pending: dict[bytes, int] = {}
+        self._pending: dict[bytes, tuple[int, threading.Event]] = {}  # being written or awaiting commit
         self._used = index.used_bytes()
 
     @property
@@ -60,31 +60,48 @@ class BlockStore:
         return self.index.has_block(block_id)
 
     def stage(self, data: bytes | memoryview, expect: bytes | None = None) -> Staged:
-        """Verify a block and make its file durable; call `commit` to make it visible."""
+        """Verify a block and make its file durable; call `commit` to make it visible.
+
+        Thread-safe. When another thread is already writing the same block, this waits for that
+        write and answers `new=False` only once the file is durable.
+        """
         bid = merkle.block_id(data)
         if expect is not None and bid != expect:
             raise IntegrityError(f"block {expect.hex()} failed verification (content hashes to {bid.hex()})")
         size = len(data)
-        with self._lock:
-            if bid in self._pending or self.index.has_block(bid):
-                return Staged(bid, size, new=False)
-            if self.quota is not None and self._used + size > self.quota:
-                raise QuotaExceededError(
-                    f"storage quota reached: {format_size(self._used)} of {format_size(self.quota)} used; "
-                    "raise `quota` in config.toml or free space"
-                )
-            self._used += size
-            self._pending[bid] = size
+        while True:
+            with self._lock:
+                if self.index.has_block(bid):
+                    return Staged(bid, size, new=False)
+                entry = self._pending.get(bid)
+                if entry is None:
+                    if self.quota is not None and self._used + size > self.quota:
+                        raise QuotaExceededError(
+                            f"storage quota reached: {format_size(self._used)} of {format_size(self.quota)} "
+                            "used; raise `quota` in config.toml or free space"
+                        )
+                    self._used += size
+                    done = threading.Event()
+                    self._pending[bid] = (size, done)
+                    break
+            entry[1].wait()
+            with self._lock:
+                if self._pending.get(bid) is entry:
+                    return Staged(bid, size, new=False)  # written by the other thread, commit pending
+            # The other write failed and was released: try again ourselves.
         try:
             self._write(bid, data)
         except BaseException:
             self._release([Staged(bid, size, new=True)])
             raise
+        done.set()
         return Staged(bid, size, new=True)
 
     def _write(self, bid: bytes, data: bytes | memoryview) -> None:
         final = self.path(bid)
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.exists():
+            final.parent.mkdir(exist_ok=True)
+            fsync_dir(self.blocks_dir)  # the new shard directory must survive a power loss too
         tmp = self.tmp_dir / (bid.hex() + f".{threading.get_ident()}.part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -101,8 +118,10 @@ class BlockStore:
     def _release(self, staged: Iterable[Staged]) -> None:
         with self._lock:
             for s in staged:
-                if s.new and self._pending.pop(s.block_id, None) is not None:
+                entry = self._pending.pop(s.block_id, None) if s.new else None
+                if entry is not None:
                     self._used -= s.size
+                    entry[1].set()  # wake threads waiting on this block: they retry
 
     def commit(self, staged: Iterable[Staged]) -> None:
         """Make staged blocks visible: fsync their directories, then insert their index rows."""
@@ -149,7 +168,7 @@ class BlockStore:
 
     def _recount(self) -> None:
         with self._lock:
-            self._used = self.index.used_bytes() + sum(self._pending.values())
+            self._used = self.index.used_bytes() + sum(size for size, _ in self._pending.values())
 
     def quarantine(self, block_id: bytes) -> Path:
         """Move a damaged block file aside (kept for inspection) and forget it."""

@@ -10,6 +10,7 @@ so an interrupted fetch resumes where it stopped.
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ from peercloud.swarm.peers import PeerManager
 
 log = logging.getLogger(__name__)
 PER_PEER_INFLIGHT = 32
-REQUEST_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 60.0
 STALL_TIMEOUT = 20.0
 COMMIT_EVERY = 32  # staged blocks per index transaction
 
@@ -48,7 +49,8 @@ class _State:
     flying: list[int] = field(default_factory=list)  # per group: its blocks now in flight
     inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
     per_peer: dict[PeerId, int] = field(default_factory=dict)
-    failed: dict[bytes, set[PeerId]] = field(default_factory=dict)
+    failed: dict[bytes, set[PeerLink]] = field(default_factory=dict)  # a reconnected peer gets another try
+    staging: set[asyncio.Future[Staged]] = field(default_factory=set)
     order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
     order_version: int = -1
     cursor: int = 0  # order[:cursor] is all done
@@ -67,9 +69,14 @@ async def fetch(
     groups: list[Group],
     holders: Callable[[bytes], set[PeerId]],
     progress: Callable[[int], None] | None = None,
+    stall_timeout: float = STALL_TIMEOUT,
 ) -> int:
-    """Fetch until every group is satisfied; returns bytes fetched. Raises FetchError when stuck."""
-    st = _State(store, [g for g in groups if g.need > 0], holders)
+    """Fetch until every group is satisfied; returns bytes fetched.
+
+    Raises FetchError when for `stall_timeout` seconds no connected peer could be asked for
+    any wanted block.
+    """
+    st = _State(store, _distinct(groups), holders)
     st.flying = [0] * len(st.groups)
     for gi, g in enumerate(st.groups):
         for bid in g.candidates:
@@ -79,14 +86,16 @@ async def fetch(
     try:
         while st.open_groups():
             _schedule(peers, st, tasks)
-            if not tasks:
-                await peers.changed(STALL_TIMEOUT)
-                _schedule(peers, st, tasks)
-                if not tasks:
+            stalled_since = time.monotonic()
+            while not tasks:  # nothing to ask anyone: wait for a peer or a HAVE, for a while
+                left = stall_timeout - (time.monotonic() - stalled_since)
+                if left <= 0:
                     raise FetchError(
                         f"{sum(g.need for g in st.groups if g.need > 0)} blocks are not held by any reachable "
                         "peer; connect a peer that has them (`peercloud peers add`) and try again"
                     )
+                await peers.changed(left)
+                _schedule(peers, st, tasks)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 bid, pid = tasks.pop(task)
@@ -99,8 +108,23 @@ async def fetch(
     finally:
         for task in tasks:
             task.cancel()
+        # Staging threads cannot be stopped: let them finish so every durable block gets its row.
+        await asyncio.gather(*st.staging, return_exceptions=True)
         _commit(st)  # what arrived is kept: an interrupted fetch resumes from here
     return fetched
+
+
+def _distinct(groups: list[Group]) -> list[Group]:
+    """Drop satisfied groups and blocks listed twice (a crafted manifest may repeat an ID)."""
+    seen: set[bytes] = set()
+    out = []
+    for g in groups:
+        candidates = [b for b in dict.fromkeys(g.candidates) if b not in seen]
+        seen.update(candidates)
+        need = min(g.need, len(candidates))
+        if need > 0:
+            out.append(Group(candidates, need))
+    return out
 
 
 def _commit(st: _State) -> None:
@@ -154,12 +178,12 @@ def _start_from_best(
     candidates = [
         pid
         for pid in st.holders(bid)
-        if pid in links and st.per_peer.get(pid, 0) < PER_PEER_INFLIGHT and pid not in busy and pid not in failed
+        if pid in links and st.per_peer.get(pid, 0) < PER_PEER_INFLIGHT and pid not in busy and links[pid] not in failed
     ]
     if not candidates:
         return False
     pid = min(candidates, key=lambda p: st.per_peer.get(p, 0))
-    task = asyncio.get_running_loop().create_task(_fetch_one(links[pid], st.store, bid))
+    task = asyncio.get_running_loop().create_task(_fetch_one(links[pid], st, bid))
     tasks[task] = (bid, pid)
     if not busy:
         st.flying[st.group_of[bid]] += 1
@@ -168,14 +192,24 @@ def _start_from_best(
     return True
 
 
-async def _fetch_one(link: PeerLink, store: BlockStore, bid: bytes) -> Staged:
-    """Request one block and stage it (verify, write, fsync) off the event loop.
+async def _fetch_one(link: PeerLink, st: _State, bid: bytes) -> Staged:
+    """Request one block and stage it (verify, write, fsync) in a thread.
 
     Staging inside the request task lets many blocks hash and fsync at once while the
-    scheduler keeps every peer's request slots busy.
+    scheduler keeps every peer's request slots busy. A staged block is recorded for the
+    batched commit even if this task is cancelled meanwhile (an endgame duplicate).
     """
     data = await link.get_block(bid, REQUEST_TIMEOUT)
-    return await asyncio.to_thread(store.stage, data, bid)
+    future = asyncio.get_running_loop().run_in_executor(None, st.store.stage, data, bid)
+    st.staging.add(future)
+    future.add_done_callback(lambda f: _staged(st, f))
+    return await asyncio.shield(future)
+
+
+def _staged(st: _State, future: "asyncio.Future[Staged]") -> None:
+    st.staging.discard(future)
+    if not future.cancelled() and future.exception() is None:
+        st.staged.append(future.result())
 
 
 def _complete(
@@ -191,18 +225,18 @@ def _complete(
     if task.cancelled():
         return 0
     exc = task.exception()
+    link = peers.links.get(pid)
     if isinstance(exc, IntegrityError):
         peers.ban(pid, f"sent block {bid.hex()[:12]} that failed verification")
-        st.failed.setdefault(bid, set()).add(pid)
         return 0
     if exc is not None:
         if not isinstance(exc, PeerError):
             raise exc
         log.info("block %s from %s failed: %s", bid.hex()[:12], pid.short(), exc)
-        st.failed.setdefault(bid, set()).add(pid)
+        if link is not None:
+            st.failed.setdefault(bid, set()).add(link)
         return 0
     staged = task.result()
-    st.staged.append(staged)
     if len(st.staged) >= COMMIT_EVERY:
         _commit(st)
     if bid not in group.candidates:

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,10 +16,12 @@ from peercloud.store.index import Index
 from peercloud.wire import messages as m
 
 log = logging.getLogger(__name__)
-HAVE_CHUNK = 32 * 1024
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 BAN_SECONDS = 600.0
+KEEPALIVE = 15.0  # ping interval; a link that misses one is closed (and re-dialed)
+STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
+MAX_HAVE_OBJECTS = 100_000  # distinct objects one connection may announce
 
 
 @dataclass
@@ -57,6 +60,7 @@ class PeerManager:
         self._changed = asyncio.Event()
         self._closing = False
         self.have_version = 0  # bumps on every HAVE received: holder maps rebuild lazily
+        self._announced: weakref.WeakKeyDictionary[PeerLink, set[bytes]] = weakref.WeakKeyDictionary()
 
     def start(self) -> None:
         """Dial every stored peer (and keep dialing)."""
@@ -158,11 +162,18 @@ class PeerManager:
         for object_id, bitmap in self.local_haves():
             self._send_have(link, object_id, bitmap)
         self._changed.set()
-        asyncio.get_running_loop().create_task(self._measure(link))
+        task = asyncio.get_running_loop().create_task(self._keepalive(link))
+        link.closed.add_done_callback(lambda _: task.cancel())
 
-    async def _measure(self, link: PeerLink) -> None:
-        with contextlib.suppress(PeerError):
-            await link.ping()
+    async def _keepalive(self, link: PeerLink) -> None:
+        """Measure RTT now and every KEEPALIVE seconds; a silent peer's link is closed."""
+        while link.conn.state.value == "open":
+            try:
+                await link.ping(timeout=KEEPALIVE)
+            except PeerError:
+                link.close("keepalive: no answer to ping")
+                return
+            await asyncio.sleep(KEEPALIVE)
 
     def _unregister(self, link: PeerLink) -> None:
         if link.peer_id is not None and self.links.get(link.peer_id) is link:
@@ -171,7 +182,12 @@ class PeerManager:
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> None:
         """Store a peer's HAVE."""
-        if isinstance(msg, m.Have) and link.peer_id is not None and len(msg.object) == 32:
+        if isinstance(msg, m.Have) and link.peer_id is not None:
+            announced = self._announced.setdefault(link, set())
+            announced.add(msg.object)
+            if len(announced) > MAX_HAVE_OBJECTS:
+                link.close(f"announced more than {MAX_HAVE_OBJECTS} objects")
+                return
             self.index.set_holding(link.peer_id.public_key, msg.object, msg.bitmap, msg.offset)
             self.have_version += 1
             self._changed.set()
@@ -184,8 +200,8 @@ class PeerManager:
     def _send_have(self, link: PeerLink, object_id: bytes, bitmap: bytes) -> None:
         if link.conn.state.value != "open":
             return
-        for offset in range(0, max(1, len(bitmap)), HAVE_CHUNK):
-            link.notify(m.Have(object_id, bitmap[offset : offset + HAVE_CHUNK], offset))
+        for offset in range(0, max(1, len(bitmap)), m.HAVE_PIECE):
+            link.notify(m.Have(object_id, bitmap[offset : offset + m.HAVE_PIECE], offset))
 
     def _keep(self, peer_id: PeerId, address: str) -> None:
         self._keepers[peer_id] = asyncio.get_running_loop().create_task(self._keeper(peer_id, address))
@@ -196,8 +212,12 @@ class PeerManager:
         while not self._closing:
             link = self.links.get(peer_id)
             if link is not None:
+                up_since = time.monotonic()
                 await asyncio.shield(link.closed)
-                delay = BACKOFF_START
+                if time.monotonic() - up_since >= STABLE_LINK:
+                    delay = BACKOFF_START
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # never redial in a tight loop
+                delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if not self.is_banned(peer_id):
                 try:
@@ -213,7 +233,6 @@ class PeerManager:
                     log.info("dial %s at %s failed: %s", peer_id.short(), address, e)
                 else:
                     self.register(link)
-                    delay = BACKOFF_START
                     continue
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_MAX)

@@ -133,6 +133,7 @@ class PeerConnection:
         self._next_id = 1
         self._outstanding: dict[int, _Outstanding] = {}
         self._inflight_from_peer: set[int] = set()
+        self._cancelled_by_peer: set[int] = set()
         self._deadline = self.now + self.limits.handshake_timeout
         self._rate_window = (self.now, 0)
         self.bytes_in = 0
@@ -153,6 +154,8 @@ class PeerConnection:
             self._process()
         except (NoiseError, m.ProtocolError) as e:
             self._fail(str(e))
+        except Exception as e:  # a decoder bug must cost one connection, not the daemon
+            self._fail(f"malformed input ({type(e).__name__})")
 
     def connection_lost(self, reason: str = "connection closed by peer") -> None:
         """The transport ended (EOF, reset)."""
@@ -168,6 +171,8 @@ class PeerConnection:
         for rid, out in list(self._outstanding.items()):
             if now >= out.deadline:
                 del self._outstanding[rid]
+                if self.state is State.OPEN:
+                    self._send_frame(m.Cancel(rid))  # free the peer's slot too
                 self._events.append(Timeout(rid))
 
     def next_timer(self) -> float | None:
@@ -214,8 +219,18 @@ class PeerConnection:
         """Answer a Request event (unless the peer cancelled it meanwhile)."""
         if request_id not in self._inflight_from_peer or self.state is not State.OPEN:
             return
+        self.finish_request(request_id)
+        if request_id not in self._cancelled_by_peer:
+            self._send_frame(msg, payload)
+        self._cancelled_by_peer.discard(request_id)
+
+    def finish_request(self, request_id: int) -> None:
+        """The handler of a peer's request is done (answered or not): its slot is free again.
+
+        A cancelled request keeps its slot until its handler finishes, so cancelling cannot be
+        used to run more than `max_inflight` handlers at once.
+        """
         self._inflight_from_peer.discard(request_id)
-        self._send_frame(msg, payload)
 
     def notify(self, msg: m.Have) -> None:
         """Send a one-way message."""
@@ -368,19 +383,23 @@ class PeerConnection:
                 self._events.append(Request(msg))
         elif isinstance(msg, m.BlockData | m.Pong | m.Error):
             if isinstance(msg, m.Error) and msg.id == 0:
-                self._finish(f"peer reported: {msg.code}: {msg.message}", error=True)
+                code = msg.code if msg.code in m.ERROR_CODES else "other"
+                self._finish(f"peer reported: {code}: {msg.message[:200]}", error=True)
                 return
             out = self._outstanding.pop(msg.id, None)
             if out is None:
                 return  # answer to a cancelled or timed-out request
+            if isinstance(msg, m.Pong) and not isinstance(out.message, m.Ping):
+                raise m.ProtocolError("peer answered a request with a pong")
             if isinstance(msg, m.BlockData) and (
                 not isinstance(out.message, m.GetBlock) or out.message.block != msg.block
             ):
                 raise m.ProtocolError("peer answered with a block that was not asked for")
             self._events.append(Response(msg.id, msg, payload))
         elif isinstance(msg, m.Cancel):
-            self._inflight_from_peer.discard(msg.id)
-            self._events.append(Notice(msg))
+            if msg.id in self._inflight_from_peer:
+                self._cancelled_by_peer.add(msg.id)
+                self._events.append(Notice(msg))
         elif isinstance(msg, m.Have):
             self._events.append(Notice(msg))
         elif isinstance(msg, m.Bye):

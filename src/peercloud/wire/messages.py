@@ -21,6 +21,8 @@ PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = max(MAX_SEGMENT_SIZE + 16, MAX_MANIFEST_SIZE)
 MAX_FRAME_BODY = 2 + MAX_HEADER + MAX_PAYLOAD
+HAVE_PIECE = 32 * 1024  # bitmap bytes per HAVE message
+MAX_HAVE_BITMAP = MAX_MANIFEST_SIZE // 32 // 8  # one bit per block a manifest can list
 _FRAME_HEAD = struct.Struct(">IH")
 
 
@@ -183,6 +185,8 @@ def decode_header(data: bytes | memoryview) -> Message:
         raise ProtocolError(f"header is not valid msgpack: {type(e).__name__}") from None
     if not isinstance(body, dict):
         raise ProtocolError("header is not a map")
+    if not all(isinstance(k, str) for k in body):
+        raise ProtocolError("header keys must be strings")
     kind = body.pop("t", None)
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -196,9 +200,23 @@ def decode_header(data: bytes | memoryview) -> Message:
         if f.name in body:
             values[f.name] = _check(f.name, body[f.name], hints[f.name])
     try:
-        return cls(**values)
+        msg = cls(**values)
     except TypeError:
         raise ProtocolError(f"{cls.TYPE}: missing fields") from None
+    _validate(msg)
+    return msg
+
+
+def _validate(msg: Message) -> None:
+    """Field rules beyond types: ID sizes, request ids, HAVE bitmap bounds."""
+    if isinstance(msg, GetBlock | BlockData) and len(msg.block) != 32:
+        raise ProtocolError(f"{msg.TYPE}: block IDs are 32 bytes")
+    if isinstance(msg, GetBlock | Ping) and msg.id == 0:
+        raise ProtocolError(f"{msg.TYPE}: request id 0 is reserved for connection-level errors")
+    if isinstance(msg, Have) and (
+        len(msg.object) != 32 or len(msg.bitmap) > HAVE_PIECE or msg.offset + len(msg.bitmap) > MAX_HAVE_BITMAP
+    ):
+        raise ProtocolError("have: object ID must be 32 bytes and the bitmap within its limits")
 
 
 class FrameDecoder:
@@ -215,8 +233,8 @@ class FrameDecoder:
             body_len, header_len = _FRAME_HEAD.unpack_from(self._buf)
             if body_len > MAX_FRAME_BODY:
                 raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
-            if header_len > MAX_HEADER or header_len + 2 > body_len:
-                raise ProtocolError("frame header length invalid")
+            if header_len > MAX_HEADER or header_len + 2 > body_len or body_len - 2 - header_len > MAX_PAYLOAD:
+                raise ProtocolError("frame header or payload length invalid")
             end = 4 + body_len
             if len(self._buf) < end:
                 break
