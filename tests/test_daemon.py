@@ -257,3 +257,29 @@ def test_commands_needing_the_daemon_say_so(home: Path) -> None:
         proc = run_cli(home, *args)
         assert proc.returncode == 6
         assert "peercloud up" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupted_get_resumes_with_the_blocks_it_had(
+    daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    a, b = daemons("a"), daemons("b")
+    src = make_file(300 * 1024 * 1024, name="big.bin")
+    added = a.json("add", str(src), "--class", "replica-1")
+    link(b, a)
+    out = tmp_path / "out.bin"
+    getter = run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
+    wait_for(lambda: block_files(b.home) >= 60 or getter.poll() is not None, what="transfer to start")
+    a.kill()  # the only source dies: the get fails cleanly, keeping what it verified
+    assert getter.wait(timeout=120) != 0
+    assert not out.exists()
+    kept = block_files(b.home)
+    assert 60 <= kept < 300
+    assert b.cli("fsck").returncode == 0
+    a2 = daemons("a")  # the source comes back (same home, new port)
+    b.cli("peers", "add", a2.address)
+    wait_for(lambda: connected(b, a2), what="reconnect")
+    before = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"]
+    b.json("get", added["read_cap"], "-o", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    fetched = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"] - before
+    assert fetched < len(src.read_bytes()) - (kept - 2) * 1024 * 1024  # only the missing blocks travelled
