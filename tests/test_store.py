@@ -131,9 +131,7 @@ def test_write_failure_leaves_nothing(store: BlockStore, monkeypatch: pytest.Mon
     assert os.listdir(store.tmp_dir) == []
 
 
-def test_concurrent_stage_of_one_block_waits_for_the_writer(
-    store: BlockStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_concurrent_stage_of_one_block_waits_for_the_writer(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
     from peercloud.store import blockstore
