@@ -58,6 +58,7 @@ def test_two_daemons_share_an_object(
     assert by_peer[a.peer_id]["percent"] == 100.0 and by_peer[a.peer_id]["online"] is True
     assert by_peer[a.peer_id]["blocks"] == list(range(status["total_blocks"]))
     assert 0 < status["local_percent"] < 100  # an EC get needs only k of n shares
+    assert b.cli("fsck").returncode == 0  # a partial cached copy is not damage
     assert status["complete_copies"] == 1
     # b announced what it fetched: a's ledger shows b as a partial holder.
     wait_for(

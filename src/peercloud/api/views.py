@@ -8,6 +8,7 @@ from peercloud.content.manifest import Manifest
 from peercloud.node.fsck import FsckReport
 from peercloud.node.ingest import AddResult
 from peercloud.node.local import ObjectInfo
+from peercloud.node.service import NodeStatus
 from peercloud.store.index import Index, ObjectRecord
 from peercloud.swarm.peers import PeerInfo
 
@@ -133,7 +134,7 @@ def fsck(report: FsckReport, records: list[ObjectRecord]) -> dict[str, Any]:
     }
 
 
-def node_status(s: Any) -> dict[str, Any]:
+def node_status(s: NodeStatus) -> dict[str, Any]:
     """What `status --node` prints."""
     return {
         "peer_id": s.peer_id,

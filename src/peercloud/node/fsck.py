@@ -62,7 +62,9 @@ def fsck(store: BlockStore, workers: int) -> FsckReport:
                 report.strays_removed += 1
 
     for record in store.index.objects():
-        if record.local_blocks < record.total_blocks:
+        # Pinned objects must be whole here; a cached partial copy (an erasure-coded get keeps
+        # only k shares per segment) is normal in a swarm, not damage.
+        if record.local_blocks < record.total_blocks and store.index.is_pinned(record.object_id):
             report.damaged_objects.append((record.object_id, record.name, _recoverable(store, record.object_id)))
     return report
 
