@@ -248,6 +248,8 @@ def test_api_requires_the_token(daemons: Callable[[str], Daemon]) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
         assert info.value.code == 401
+    spec = json.loads(urllib.request.urlopen(f"http://{a.state['api']}/openapi.json", timeout=10).read())
+    assert {"/v1/objects", "/v1/peers", "/v1/get", "/v1/pin", "/v1/node"} <= set(spec["paths"])
     token = (a.home / "api.token").read_text().strip()
     ok = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}))
     assert json.loads(ok.read()) == []
