@@ -120,10 +120,11 @@ def test_index_survives_reopen_and_uses_wal(tmp_path: Path) -> None:
 
 
 def test_write_failure_leaves_nothing(store: BlockStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full_disk(fd: int, data: bytes) -> None:
+    def full_disk(path: Path, data: bytes) -> None:
+        path.write_bytes(data[:100])  # a partial temp file, as a full disk leaves it
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("peercloud.store.blockstore.write_file_durably", full_disk)
+    monkeypatch.setattr("peercloud.store.blockstore.write_new_file_direct", full_disk)
     with pytest.raises(OSError, match="No space"):
         store.put(b"x" * 5000)
     assert store.used == 0
@@ -136,8 +137,8 @@ def test_concurrent_stage_of_one_block_waits_for_the_writer(store: BlockStore, m
 
     from peercloud.store import blockstore
 
-    real = blockstore.write_file_durably
-    monkeypatch.setattr(blockstore, "write_file_durably", lambda fd, data: (time.sleep(0.3), real(fd, data)))
+    real = blockstore.write_new_file_direct
+    monkeypatch.setattr(blockstore, "write_new_file_direct", lambda path, data: (time.sleep(0.3), real(path, data)))
     data = random_bytes(10_000, 9)
     results: list[object] = []
     first = threading.Thread(target=lambda: results.append(store.stage(data)))

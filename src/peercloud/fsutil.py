@@ -1,8 +1,15 @@
 """Crash-safe file writes: temp file, fsync, rename, fsync of the directory."""
 
+import errno
+import fcntl
+import mmap
 import os
 import tempfile
+import threading
 from pathlib import Path
+
+_ALIGN = 4096
+_buffers = threading.local()
 
 
 def fsync_dir(path: Path) -> None:
@@ -42,3 +49,53 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def _aligned_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer per thread, reused so its pages are touched once."""
+    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        if buf is not None:
+            buf.close()
+        buf = mmap.mmap(-1, max(size, 1 << 20))
+        _buffers.buf = buf
+    return buf
+
+
+def write_new_file_direct(path: Path, data: bytes | memoryview) -> None:
+    """Create `path` with `data`, durably, bypassing the page cache where the filesystem allows.
+
+    Block files are written once and read rarely; O_DIRECT skips the allocation of page-cache
+    pages, which on this project's reference VM costs more than the disk write itself
+    (docs/decisions/0004-block-store.md). The unaligned tail is written through the cache.
+    Falls back to an ordinary write + fsync where O_DIRECT is refused (tmpfs, some FUSE).
+    """
+    view = memoryview(data)
+    head = len(view) - len(view) % _ALIGN
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o644)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        head = 0
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & getattr(os, "O_DIRECT", 0):
+            if head:
+                buf = _aligned_buffer(head)
+                buf[:head] = view[:head]
+                chunk = memoryview(buf)[:head]
+                try:
+                    written = 0
+                    while written < head:
+                        written += os.write(fd, chunk[written:])
+                finally:
+                    chunk.release()
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)  # the tail is not block-aligned
+        else:
+            head = 0
+        write_all(fd, view[head:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from peercloud.content import merkle
 from peercloud.errors import IntegrityError, NotFoundError, QuotaExceededError
-from peercloud.fsutil import fsync_dir, write_file_durably
+from peercloud.fsutil import fsync_dir, write_new_file_direct
 from peercloud.store.index import Index
 from peercloud.units import format_size
 
@@ -103,15 +103,10 @@ class BlockStore:
             final.parent.mkdir(exist_ok=True)
             fsync_dir(self.blocks_dir)  # the new shard directory must survive a power loss too
         tmp = self.tmp_dir / (bid.hex() + f".{threading.get_ident()}.part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            write_file_durably(fd, data)
-            os.close(fd)
-            fd = -1
+            write_new_file_direct(tmp, data)
             os.replace(tmp, final)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
 
