@@ -39,3 +39,19 @@ def test_write_atomic_replaces_whole_file(tmp_path: Path) -> None:
     assert path.read_bytes() == b"new contents"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert [p.name for p in tmp_path.iterdir()] == ["config"]
+
+
+@pytest.mark.parametrize("pieces", [[4096, 4096], [1000, 5000, 3000], [1024 * 1024, 1024 * 1024, 17], [0, 10]])
+def test_direct_appender_writes_pieces_in_order(tmp_path: Path, pieces: list[int]) -> None:
+    import os
+
+    from peercloud.fsutil import DirectAppender
+
+    chunks = [random_bytes(n, i) for i, n in enumerate(pieces)]
+    path = tmp_path / "out"
+    writer = DirectAppender.create(path)
+    for c in chunks:
+        writer.append(c)
+    writer.finish()
+    os.close(writer.fd)
+    assert path.read_bytes() == b"".join(chunks)

@@ -99,3 +99,55 @@ def write_new_file_direct(path: Path, data: bytes | memoryview) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectAppender:
+    """Appends to a new file with O_DIRECT where allowed, carrying unaligned bytes to the next call.
+
+    For outputs written once, front to back (a `get`): the same page-cache saving as
+    `write_new_file_direct`, for a file built from many pieces.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
+        self._carry = b""
+
+    @classmethod
+    def create(cls, path: Path) -> "DirectAppender":
+        """Create `path` exclusively, asking for O_DIRECT and settling for less."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            fd = os.open(path, flags, 0o644)
+        return cls(fd)
+
+    def append(self, data: bytes) -> None:
+        """Write the next piece."""
+        if not self._direct:
+            write_all(self.fd, data)
+            return
+        pending = self._carry + data if self._carry else data
+        head = len(pending) - len(pending) % _ALIGN
+        if head:
+            buf = _aligned_buffer(head)
+            buf[:head] = pending[:head]
+            chunk = memoryview(buf)[:head]
+            try:
+                written = 0
+                while written < head:
+                    written += os.write(self.fd, chunk[written:])
+            finally:
+                chunk.release()
+        self._carry = pending[head:]
+
+    def finish(self) -> None:
+        """Write the unaligned tail and fsync; the caller closes and renames."""
+        if self._direct:
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            write_all(self.fd, self._carry)
+            self._carry = b""
+        os.fsync(self.fd)

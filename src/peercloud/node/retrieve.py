@@ -14,7 +14,7 @@ from peercloud.content import cipher
 from peercloud.content.manifest import Manifest
 from peercloud.content.segment import SegmentCodec
 from peercloud.errors import IntegrityError, NotFoundError
-from peercloud.fsutil import fsync_dir, write_all
+from peercloud.fsutil import DirectAppender, fsync_dir
 from peercloud.node.pipeline import ordered_map
 from peercloud.store.blockstore import BlockStore
 
@@ -53,7 +53,8 @@ class OutputFile:
         self.store, self.manifest, self.out = store, manifest, out
         self._codec = SegmentCodec(key, manifest.coding)
         self._tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
-        self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._writer = DirectAppender.create(self._tmp)
+        self._fd = self._writer.fd
 
     def plaintext(self, segment: int) -> bytes:
         """Read, verify, decode and decrypt one segment (thread-safe)."""
@@ -62,11 +63,11 @@ class OutputFile:
 
     def append(self, plaintext: bytes) -> None:
         """Write the next segment; segments must come in order, so the file grows sequentially."""
-        write_all(self._fd, plaintext)
+        self._writer.append(plaintext)
 
     def finish(self) -> None:
         """Make the file durable and move it into place."""
-        os.fsync(self._fd)
+        self._writer.finish()
         os.close(self._fd)
         self._fd = -1
         os.replace(self._tmp, self.out)
