@@ -116,19 +116,21 @@ class NodeService:
         return result
 
     def _holders(self, manifest: Manifest) -> Callable[[bytes], set[PeerId]]:
+        """Which connected-or-not peers announced each block; rebuilt only when HAVEs change."""
         ids = [bid for _, _, bid in manifest.blocks()]
-        cache: dict[str, object] = {"version": -1, "map": {}}
+        version = -1
+        table: dict[bytes, set[PeerId]] = {}
 
         def holders(bid: bytes) -> set[PeerId]:
-            if cache["version"] != self.peers.have_version:
-                table: dict[bytes, set[PeerId]] = {}
+            nonlocal version, table
+            if version != self.peers.have_version:
+                table = {}
                 for raw, bitmap, _ in self.node.index.holdings(manifest.object_id):
                     pid = PeerId(raw)
                     for i in indexes_from_bitmap(bitmap, len(ids)):
                         table.setdefault(ids[i], set()).add(pid)
-                cache.update(version=self.peers.have_version, map=table)
-            table_now: dict[bytes, set[PeerId]] = cache["map"]  # type: ignore[assignment]
-            return table_now.get(bid, set())
+                version = self.peers.have_version
+            return table.get(bid, set())
 
         return holders
 
