@@ -63,42 +63,18 @@ def _aligned_buffer(size: int) -> mmap.mmap:
 
 
 def write_new_file_direct(path: Path, data: bytes | memoryview) -> None:
-    """Create `path` with `data`, durably, bypassing the page cache where the filesystem allows.
+    """Create (or truncate) `path` with `data`, durably, bypassing the page cache where allowed.
 
     Block files are written once and read rarely; O_DIRECT skips the allocation of page-cache
     pages, which on this project's reference VM costs more than the disk write itself
-    (docs/decisions/0004-block-store.md). The unaligned tail is written through the cache.
-    Falls back to an ordinary write + fsync where O_DIRECT is refused (tmpfs, some FUSE).
+    (docs/decisions/0004-block-store.md).
     """
-    view = memoryview(data)
-    head = len(view) - len(view) % _ALIGN
+    writer = DirectAppender.create(path, os.O_TRUNC)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_DIRECT", 0), 0o644)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        head = 0
-    try:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        if flags & getattr(os, "O_DIRECT", 0):
-            if head:
-                buf = _aligned_buffer(head)
-                buf[:head] = view[:head]
-                chunk = memoryview(buf)[:head]
-                try:
-                    written = 0
-                    while written < head:
-                        written += os.write(fd, chunk[written:])
-                finally:
-                    chunk.release()
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)  # the tail is not block-aligned
-        else:
-            head = 0
-        write_all(fd, view[head:])
-        os.fsync(fd)
+        writer.append(data)
+        writer.finish()
     finally:
-        os.close(fd)
+        os.close(writer.fd)
 
 
 class DirectAppender:
@@ -114,9 +90,13 @@ class DirectAppender:
         self._carry = b""
 
     @classmethod
-    def create(cls, path: Path) -> "DirectAppender":
-        """Create `path` exclusively, asking for O_DIRECT and settling for less."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    def create(cls, path: Path, mode: int = os.O_EXCL) -> "DirectAppender":
+        """Create `path` (O_EXCL, or O_TRUNC to replace), asking for O_DIRECT and settling for less.
+
+        The unaligned tail of the data goes through the page cache; where O_DIRECT is refused
+        (tmpfs, some FUSE) everything does.
+        """
+        flags = os.O_WRONLY | os.O_CREAT | mode
         try:
             fd = os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
         except OSError as e:
@@ -125,12 +105,12 @@ class DirectAppender:
             fd = os.open(path, flags, 0o644)
         return cls(fd)
 
-    def append(self, data: bytes) -> None:
+    def append(self, data: bytes | memoryview) -> None:
         """Write the next piece."""
         if not self._direct:
             write_all(self.fd, data)
             return
-        pending = self._carry + data if self._carry else data
+        pending = memoryview(self._carry + bytes(data) if self._carry else data)
         head = len(pending) - len(pending) % _ALIGN
         if head:
             buf = _aligned_buffer(head)
@@ -142,7 +122,7 @@ class DirectAppender:
                     written += os.write(self.fd, chunk[written:])
             finally:
                 chunk.release()
-        self._carry = pending[head:]
+        self._carry = bytes(pending[head:])
 
     def finish(self) -> None:
         """Write the unaligned tail and fsync; the caller closes and renames."""
