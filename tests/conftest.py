@@ -26,6 +26,17 @@ def run_cli(home: Path, *args: str, check: bool = False, cwd: Path | None = None
     return proc
 
 
+def run_cli_async(home: Path, *args: str) -> subprocess.Popen[str]:
+    """Start the real CLI without waiting for it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "peercloud", "--home", str(home), *args],
+        env=CLI_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def random_bytes(size: int, seed: int = 0) -> bytes:
     rng = random.Random(seed)
     chunk = 16 * 1024 * 1024

@@ -41,8 +41,8 @@ def wait_for(predicate: Any, timeout: float = 20.0, what: str = "condition") -> 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def connected(d: Daemon, other: Daemon) -> bool:
-    return any(p["peer_id"] == other.peer_id and p["connected"] for p in d.json("peers"))
+def connected(d: Daemon, other_peer_id: str) -> bool:
+    return any(p["peer_id"] == other_peer_id and p["connected"] for p in d.json("peers"))
 
 
 def block_files(home: Path) -> int:

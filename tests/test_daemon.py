@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from peercloud.identity import Identity, PeerId
+from peercloud.identity import Identity
 from peercloud.net.link import Address, PeerError, PeerLink, dial, listen
 from peercloud.wire import messages as m
 
-from .conftest import run_cli
+from .conftest import run_cli, run_cli_async
 from .daemons import Daemon, block_files, connected, start_daemon, wait_for
 
 
@@ -38,7 +38,7 @@ def daemons(tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
 
 def link(a: Daemon, b: Daemon) -> None:
     a.cli("peers", "add", b.address)
-    wait_for(lambda: connected(a, b) and connected(b, a), what="peers to connect")
+    wait_for(lambda: connected(a, b.peer_id) and connected(b, a.peer_id), what="peers to connect")
 
 
 def test_two_daemons_share_an_object(
@@ -83,7 +83,7 @@ def test_peers_persist_and_reconnect_after_restart(daemons: Callable[[str], Daem
     link(b, a)
     assert b.stop() == 0
     b2 = daemons("b")
-    wait_for(lambda: connected(b2, a), what="reconnect after restart")
+    wait_for(lambda: connected(b2, a.peer_id), what="reconnect after restart")
     b2.cli("peers", "rm", a.peer_id)
     assert b2.json("peers") == []
 
@@ -106,21 +106,6 @@ def test_source_killed_mid_transfer(
     assert block_files(c.home) < 300
     assert getter.wait(timeout=120) == 0, getter.stderr.read() if getter.stderr else ""
     assert out.read_bytes() == src.read_bytes()
-
-
-def run_cli_async(home: Path, *args: str) -> "subprocess.Popen[str]":  # noqa: F821
-    import subprocess
-    import sys
-
-    from .conftest import CLI_ENV
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "peercloud", "--home", str(home), *args],
-        env=CLI_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 class FakePeer:
@@ -168,7 +153,7 @@ def test_malicious_peer_is_banned_and_transfer_completes(
     liar = FakePeer(bytes.fromhex(added["object_id"]), added["blocks"] - 1)
     try:
         c.cli("peers", "add", liar.address)
-        wait_for(lambda: connected(c, liar_daemon(liar)), what="liar to connect")
+        wait_for(lambda: connected(c, str(liar.identity.peer_id)), what="liar to connect")
         link(c, a)
         out = tmp_path / "o.bin"
         c.json("get", added["read_cap"], "-o", str(out))
@@ -180,15 +165,6 @@ def test_malicious_peer_is_banned_and_transfer_completes(
         assert "failed verification" in (c.home / "daemon.log").read_text()
     finally:
         liar.close()
-
-
-class _Id:
-    def __init__(self, peer_id: PeerId) -> None:
-        self.peer_id = str(peer_id)
-
-
-def liar_daemon(liar: FakePeer) -> Daemon:
-    return _Id(liar.identity.peer_id)  # type: ignore[return-value]
 
 
 def _garbage(port: int, data: bytes) -> None:
@@ -280,7 +256,7 @@ def test_interrupted_get_resumes_with_the_blocks_it_had(
     assert b.cli("fsck").returncode == 0
     a2 = daemons("a")  # the source comes back (same home, new port)
     b.cli("peers", "add", a2.address)
-    wait_for(lambda: connected(b, a2), what="reconnect")
+    wait_for(lambda: connected(b, a2.peer_id), what="reconnect")
     before = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"]
     b.json("get", added["read_cap"], "-o", str(out))
     assert out.read_bytes() == src.read_bytes()

@@ -14,6 +14,7 @@ from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler, dial
 from peercloud.store.index import Index
 from peercloud.wire import messages as m
+from peercloud.wire.connection import State
 
 log = logging.getLogger(__name__)
 BACKOFF_START = 0.5
@@ -167,7 +168,7 @@ class PeerManager:
 
     async def _keepalive(self, link: PeerLink) -> None:
         """Measure RTT now and every KEEPALIVE seconds; a silent peer's link is closed."""
-        while link.conn.state.value == "open":
+        while link.conn.state is State.OPEN:
             try:
                 await link.ping(timeout=KEEPALIVE)
             except PeerError:
@@ -198,7 +199,7 @@ class PeerManager:
             self._send_have(link, object_id, bitmap)
 
     def _send_have(self, link: PeerLink, object_id: bytes, bitmap: bytes) -> None:
-        if link.conn.state.value != "open":
+        if link.conn.state is not State.OPEN:
             return
         for offset in range(0, max(1, len(bitmap)), m.HAVE_PIECE):
             link.notify(m.Have(object_id, bitmap[offset : offset + m.HAVE_PIECE], offset))
