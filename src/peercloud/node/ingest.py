@@ -4,7 +4,6 @@ The object row is written last, in one transaction with its block list, after ev
 durable: a crash or a full quota at any point leaves no visible half-object.
 """
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -38,7 +37,7 @@ class AddResult:
     new_bytes: int
 
 
-def _segments(f: "os.PathLike[str] | Path", segment_size: int) -> Iterator[tuple[int, bytes]]:
+def _segments(f: Path, segment_size: int) -> Iterator[tuple[int, bytes]]:
     with open(f, "rb", buffering=0) as fh:
         index = 0
         while chunk := fh.read(segment_size):
@@ -88,6 +87,7 @@ def add_file(
 
     committed: list[Staged] = []
     batch: list[Staged] = []
+    batch_bytes = 0
     ids: list[bytes] = []
     read = 0
     try:
@@ -95,12 +95,13 @@ def add_file(
         with closing(results):
             for length, staged in results:
                 batch.extend(staged)
+                batch_bytes += sum(s.size for s in staged)
                 ids.extend(s.block_id for s in staged)
                 read += length
-                if sum(s.size for s in batch) >= COMMIT_BYTES:
+                if batch_bytes >= COMMIT_BYTES:
                     store.commit(batch)
                     committed.extend(batch)
-                    batch = []
+                    batch, batch_bytes = [], 0
                 if progress:
                     progress(length)
         store.commit(batch)
