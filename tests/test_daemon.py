@@ -59,7 +59,10 @@ def test_two_daemons_share_an_object(
     assert by_peer[a.peer_id]["blocks"] == list(range(status["total_blocks"]))
     assert 0 < status["local_percent"] < 100  # an EC get needs only k of n shares
     assert b.cli("fsck").returncode == 0  # a partial cached copy is not damage
-    assert status["complete_copies"] == 1
+    # a's claim counts once a passed b's audit (a random leaf of sampled blocks, with its Merkle path).
+    wait_for(lambda: b.json("status", added["object_id"])["complete_copies"] == 1, what="b to audit a")
+    proved = {h["peer_id"]: h for h in b.json("status", added["object_id"])["holders"]}[a.peer_id]
+    assert proved["confirmed"] == proved["blocks"] and not proved["failed_audit"]
     # b announced what it fetched: a's ledger shows b as a partial holder.
     wait_for(
         lambda: any(h["peer_id"] == b.peer_id for h in a.json("status", added["object_id"])["holders"]),

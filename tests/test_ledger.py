@@ -1,7 +1,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peercloud.cloud.ledger import bitmap_from_indexes, indexes_from_bitmap, object_status
+from peercloud.cloud.classes import DEFAULT_CLASSES
+from peercloud.cloud.ledger import Health, Holder, bitmap_from_indexes, indexes_from_bitmap, object_status
 
 
 @given(total=st.integers(0, 300), data=st.data())
@@ -10,21 +11,58 @@ def test_bitmap_round_trip(total: int, data: st.DataObject) -> None:
     assert indexes_from_bitmap(bitmap_from_indexes(total, idx), total) == idx
 
 
+def holder(name: str, blocks: list[int], online: bool = True, proved: list[int] | None = None) -> Holder:
+    return Holder(name, tuple(blocks), online, False, 1.0, tuple(blocks if proved is None else proved))
+
+
 def test_copies_and_distributed_copies() -> None:
-    bm = bitmap_from_indexes
-    st_ = object_status(
-        b"o",
-        4,
-        "me",
-        [0, 1, 2, 3],
-        [("a", bm(4, [0, 1, 2, 3]), True, 1.0), ("b", bm(4, [0, 1]), False, 2.0), ("c", b"", True, 3.0)],
-    )
-    assert [h.peer_id for h in st_.holders] == ["me", "a", "b"]  # c holds nothing: not a holder
+    st_ = object_status(b"o", 4, "me", [0, 1, 2, 3], [holder("a", [0, 1, 2, 3]), holder("b", [0, 1], online=False)])
+    assert [h.peer_id for h in st_.holders] == ["me", "a", "b"]
     assert st_.complete_copies == 2
     assert st_.local_percent == 100.0
     assert st_.distributed_copies == 2.5  # every block twice, half of them three times
     assert st_.availability(online_only=True) == [2, 2, 2, 2]
-    partial = object_status(b"o", 4, "me", [1], [("a", bm(4, [0, 1]), True, 1.0)])
+    partial = object_status(b"o", 4, "me", [1], [holder("a", [0, 1])])
     assert partial.local_percent == 25.0
     assert partial.distributed_copies == 0.5  # blocks 2 and 3 are nowhere
     assert partial.complete_copies == 0
+
+
+def test_unproved_claims_add_nothing() -> None:
+    st_ = object_status(b"o", 4, "me", [0, 1, 2, 3], [holder("liar", [0, 1, 2, 3], proved=[])])
+    assert st_.complete_copies == 1 and st_.distributed_copies == 1.0
+    assert st_.holders[1].percent(4) == 100.0  # the claim is still shown
+
+
+def test_replica_health_follows_online_proved_copies() -> None:
+    cls = DEFAULT_CLASSES["replica-3"]
+    full = [0, 1, 2, 3]
+
+    def health(*others: Holder) -> Health:
+        return object_status(b"o", 4, "me", full, list(others), storage_class=cls).redundancy().health
+
+    assert health(holder("a", full), holder("b", full)) is Health.HEALTHY
+    assert health(holder("a", full), holder("b", full, online=False)) is Health.DEGRADED
+    assert health(holder("a", full, online=False), holder("b", full, online=False)) is Health.AT_RISK
+    lost = object_status(b"o", 4, "me", [], [holder("a", [0, 1])], storage_class=cls).redundancy()
+    assert lost.health is Health.LOST and lost.available == 0
+
+
+def test_ec_health_counts_distinct_shares_per_segment() -> None:
+    cls = DEFAULT_CLASSES["ec-4+2"]
+    segments, n = 2, 6
+
+    def column(j: int) -> list[int]:
+        return [s * n + j for s in range(segments)]
+
+    peers = [holder(f"p{j}", column(j)) for j in range(n)]
+    status = object_status(b"o", segments * n, "me", [], peers, k=4, n=6, storage_class=cls)
+    assert status.redundancy().health is Health.HEALTHY and status.redundancy().available == 6
+    two_down = [holder(h.peer_id, list(h.blocks), online=i >= 2) for i, h in enumerate(peers)]
+    r = object_status(b"o", 12, "me", [], two_down, k=4, n=6, storage_class=cls).redundancy()
+    assert r.health is Health.AT_RISK and r.available == 4
+    three_down = [holder(h.peer_id, list(h.blocks), online=i >= 3) for i, h in enumerate(peers)]
+    r = object_status(b"o", 12, "me", [], three_down, k=4, n=6, storage_class=cls).redundancy()
+    assert r.health is Health.LOST
+    crowded = object_status(b"o", 12, "me", list(range(12)), [], k=4, n=6, storage_class=cls).redundancy()
+    assert crowded.crowded == 6 and "one peer" in crowded.note

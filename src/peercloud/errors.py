@@ -39,3 +39,9 @@ class DaemonNeededError(PeercloudError):
     """The command needs the network, so the daemon (`peercloud up`) must be running."""
 
     exit_code = 6
+
+
+class RefusedError(PeercloudError):
+    """The cloud said no: not a member, not an admin, an invite used up, a class minimum."""
+
+    exit_code = 7

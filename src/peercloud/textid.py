@@ -24,8 +24,8 @@ def encode(prefix: str, payload: bytes) -> str:
     return prefix + "_" + base64.b32encode(raw).decode().rstrip("=").lower()
 
 
-def decode(prefix: str, text: str, payload_size: int, what: str) -> bytes:
-    """Parse a string made by `encode`, raising ValueError with a message naming `what`."""
+def decode(prefix: str, text: str, payload_size: int | None, what: str) -> bytes:
+    """Parse a string made by `encode` (payload of any length when size is None); errors name `what`."""
     text = text.strip()
     head, sep, body = text.partition("_")
     if not sep or head.lower() != prefix:
@@ -35,9 +35,9 @@ def decode(prefix: str, text: str, payload_size: int, what: str) -> bytes:
         raw = base64.b32decode(body + "=" * (-len(body) % 8))
     except (binascii.Error, ValueError):
         raise ValueError(f"not a {what}: it contains characters outside base32") from None
-    if len(raw) != payload_size + CHECK_SIZE:
+    if len(raw) < CHECK_SIZE or (payload_size is not None and len(raw) != payload_size + CHECK_SIZE):
         raise ValueError(f"not a {what}: wrong length (truncated or extra characters?)")
-    payload, check = raw[:payload_size], raw[payload_size:]
+    payload, check = raw[:-CHECK_SIZE], raw[-CHECK_SIZE:]
     if _checksum(prefix, payload) != check:
         raise ValueError(f"{what} checksum mismatch: it was mistyped or altered")
     return payload

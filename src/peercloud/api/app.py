@@ -18,7 +18,8 @@ from pydantic import BaseModel
 
 from peercloud import __version__
 from peercloud.api import views
-from peercloud.errors import PeercloudError
+from peercloud.cloud.classes import DEFAULT_GRACE, StorageClass
+from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.node.service import NodeService
 from peercloud.swarm.peers import parse_peer
@@ -54,8 +55,48 @@ class PeerRequest(BaseModel):
     peer: str
 
 
+class UnpinRequest(BaseModel):
+    """Drop this node's copy of the object named by `cap`."""
+
+    cap: str
+
+
+class CloudCreateRequest(BaseModel):
+    """Found a cloud named `name`; this node offers `offer` bytes with `tags` (KEY=VALUE)."""
+
+    name: str
+    offer: int
+    tags: list[str] = []
+
+
+class InviteRequest(BaseModel):
+    """Issue a one-time invite, valid for `expires` seconds (None: until used)."""
+
+    expires: float | None = None
+
+
+class JoinRequest(BaseModel):
+    """Join with an invite token, offering `offer` bytes with `tags`."""
+
+    token: str
+    offer: int
+    tags: list[str] = []
+
+
+class ClassRequest(BaseModel):
+    """A storage class: `replicas` (with `max`) or an erasure code `k`+`m`."""
+
+    name: str
+    replicas: int = 0
+    max: int = 0
+    k: int = 0
+    m: int = 0
+    spread: str = ""
+    grace: float = DEFAULT_GRACE
+
+
 def _status_code(e: PeercloudError) -> int:
-    return {2: 400, 3: 404, 4: 507, 5: 422}.get(e.exit_code, 500)
+    return {2: 400, 3: 404, 4: 507, 5: 422, 7: 403}.get(e.exit_code, 500)
 
 
 def create_app(service: NodeService, token: str) -> FastAPI:
@@ -139,8 +180,86 @@ def create_app(service: NodeService, token: str) -> FastAPI:
 
     @app.get("/v1/objects/{ref}/status")
     async def status(ref: str) -> dict[str, Any]:
-        """Who holds which blocks of the object."""
+        """Who holds which blocks of the object, and its health against its class."""
         return views.object_status(*service.status(ref))
+
+    @app.get("/v1/status")
+    async def summary() -> dict[str, Any]:
+        """Every object known here with its health."""
+        return views.summary(service.summary())
+
+    @app.post("/v1/unpin")
+    async def unpin(req: UnpinRequest) -> dict[str, Any]:
+        """Drop this node's copy unless the class minimum needs it."""
+        return views.object_status(await service.unpin(req.cap), None)
+
+    def cloud_view() -> dict[str, Any]:
+        doc = service.membership.require()
+        used = service.reconciler.used(service.node.index.catalog())
+        return views.cloud(doc, service.node.identity.peer_id, set(service.peers.links), used)
+
+    @app.get("/v1/cloud")
+    async def cloud() -> dict[str, Any]:
+        """The cloud document: members (online, offer, used, tags) and classes."""
+        return cloud_view()
+
+    @app.post("/v1/cloud")
+    async def cloud_create(req: CloudCreateRequest) -> dict[str, Any]:
+        """Found a cloud with this node as admin."""
+        service.membership.create(req.name, req.offer, req.tags)
+        return cloud_view()
+
+    @app.post("/v1/cloud/invite")
+    async def cloud_invite(req: InviteRequest) -> dict[str, Any]:
+        """A one-time invite token (admins only)."""
+        invite = service.membership.invite(req.expires)
+        return {"token": str(invite), "expires": invite.expires, "cloud_id": service.membership.require().text_id}
+
+    @app.post("/v1/cloud/join")
+    async def cloud_join(req: JoinRequest) -> dict[str, Any]:
+        """Join a cloud with an invite token."""
+        await service.membership.join(req.token, req.offer, req.tags)
+        return cloud_view()
+
+    @app.post("/v1/cloud/leave")
+    async def cloud_leave() -> dict[str, Any]:
+        """Leave the cloud."""
+        name = service.membership.require().name
+        await service.membership.leave()
+        return {"left": name}
+
+    @app.delete("/v1/cloud/members/{peer}")
+    async def cloud_remove(peer: str) -> dict[str, Any]:
+        """Remove a member (admins only)."""
+        service.membership.remove(PeerId.parse(peer))
+        return cloud_view()
+
+    @app.get("/v1/classes")
+    async def classes() -> list[dict[str, Any]]:
+        """Storage classes in force (the cloud's, or the defaults)."""
+        return [views.storage_class(c) for c in service.membership.classes.values()]
+
+    @app.post("/v1/classes")
+    async def class_add(req: ClassRequest) -> list[dict[str, Any]]:
+        """Add a class to the cloud document (admins only)."""
+        new = StorageClass(req.name, req.replicas, req.k, req.m, req.max, req.spread, req.grace)
+        doc = service.membership.require_admin()
+        if new.name in doc.class_map:
+            raise UsageError(f"class {new.name!r} exists; remove it first to redefine it")
+        service.membership.set_classes([*doc.classes, new])
+        return await classes()
+
+    @app.delete("/v1/classes/{name}")
+    async def class_rm(name: str) -> list[dict[str, Any]]:
+        """Remove a class no object uses (admins only)."""
+        doc = service.membership.require_admin()
+        if name not in doc.class_map:
+            raise NotFoundError(f"no class {name!r} in this cloud")
+        users = sum(1 for e in service.node.index.catalog() if e.storage_class == name)
+        if users:
+            raise RefusedError(f"class {name!r} is used by {users} object(s); it cannot be removed")
+        service.membership.set_classes(c for c in doc.classes if c.name != name)
+        return await classes()
 
     @app.post("/v1/get")
     async def get(req: GetRequest) -> StreamingResponse:

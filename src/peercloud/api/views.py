@@ -2,9 +2,11 @@
 
 from typing import Any
 
-from peercloud.cloud.ledger import ObjectStatus
+from peercloud.cloud.classes import StorageClass
+from peercloud.cloud.document import CloudDoc
+from peercloud.cloud.ledger import Health, ObjectStatus
 from peercloud.content.caps import VerifyCap
-from peercloud.content.manifest import Manifest
+from peercloud.identity import PeerId
 from peercloud.node.fsck import FsckReport
 from peercloud.node.ingest import AddResult
 from peercloud.node.local import ObjectInfo
@@ -64,30 +66,102 @@ def info(i: ObjectInfo) -> dict[str, Any]:
     }
 
 
-def object_status(status: ObjectStatus, manifest: Manifest, record: ObjectRecord | None) -> dict[str, Any]:
-    """What `status OBJ` prints: every holder and the redundancy figures."""
+def object_status(status: ObjectStatus, record: ObjectRecord | None, note: str = "") -> dict[str, Any]:
+    """What `status OBJ` prints: every holder, its claimed and proved blocks, the health figures."""
     total = status.total_blocks
+    r = status.redundancy()
+    cls = status.storage_class
     return {
         "object_id": status.object_id.hex(),
         "name": record.name if record else None,
-        "class": record.storage_class if record else None,
-        "size": manifest.size,
-        "coding": {"k": manifest.coding.k, "n": manifest.coding.n},
+        "class": cls.name if cls else record.storage_class if record else None,
+        "size": status.size,
+        "coding": {"k": status.k, "n": status.n},
         "total_blocks": total,
         "local_percent": round(status.local_percent, 2),
         "complete_copies": status.complete_copies,
         "distributed_copies": round(status.distributed_copies, 3),
+        "health": r.health.value,
+        "redundancy": {"available": r.available, "target": r.target, "needed": r.needed, "crowded": r.crowded},
+        "note": "; ".join(x for x in (note, r.note) if x),
         "holders": [
             {
                 "peer_id": h.peer_id,
                 "percent": round(h.percent(total), 2),
                 "online": h.online,
                 "self": h.is_self,
+                "member": h.member,
                 "blocks": list(h.blocks),
+                "confirmed": list(h.confirmed),
+                "failed_audit": h.failed_audit,
                 "updated_at": h.updated_at,
             }
             for h in status.holders
         ],
+    }
+
+
+def summary(rows: list[tuple[ObjectStatus, ObjectRecord | None]]) -> dict[str, Any]:
+    """What `status` prints without an object: every object's health, and counts by health."""
+    objects = []
+    counts = {h.value: 0 for h in Health}
+    for status, record in rows:
+        r = status.redundancy()
+        counts[r.health.value] += 1
+        objects.append(
+            {
+                "object_id": status.object_id.hex(),
+                "name": record.name if record else None,
+                "class": status.storage_class.name if status.storage_class else None,
+                "size": status.size,
+                "health": r.health.value,
+                "available": r.available,
+                "target": r.target,
+                "needed": r.needed,
+                "complete_copies": status.complete_copies,
+                "distributed_copies": round(status.distributed_copies, 3),
+                "local_percent": round(status.local_percent, 2),
+                "holders": len(status.holders),
+            }
+        )
+    return {"counts": counts, "objects": objects}
+
+
+def storage_class(c: StorageClass) -> dict[str, Any]:
+    """One line of `class ls`."""
+    return {
+        "name": c.name,
+        "replicas": c.replicas or None,
+        "max": c.maximum if c.replicas else None,
+        "k": c.k or None,
+        "m": c.m if c.k else None,
+        "spread": c.spread or None,
+        "grace": c.grace,
+        "overhead": round(c.overhead, 3),
+        "describe": c.describe(),
+    }
+
+
+def cloud(doc: CloudDoc, me: PeerId, online: set[PeerId], used: dict[bytes, int]) -> dict[str, Any]:
+    """What `cloud members` prints (and the rest of the document)."""
+    return {
+        "cloud_id": doc.text_id,
+        "name": doc.name,
+        "version": doc.seq,
+        "members": [
+            {
+                "peer_id": str(x.peer_id),
+                "role": x.role,
+                "self": x.peer_id == me,
+                "online": x.peer_id == me or x.peer_id in online,
+                "offer": x.offer,
+                "used": used.get(x.peer_id.public_key, 0),
+                "tags": dict(x.tags),
+                "addresses": list(x.addresses),
+            }
+            for x in doc.members
+        ],
+        "classes": [storage_class(c) for c in doc.classes],
     }
 
 

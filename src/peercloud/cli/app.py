@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from peercloud import __version__
+from peercloud.cli import cloud as cloud_commands
 from peercloud.cli.backend import Backend, open_backend
 from peercloud.cli.output import block_map, err, out, print_json, progress_bar
 from peercloud.errors import PeercloudError
@@ -35,6 +36,8 @@ app = typer.Typer(
 )
 peers_app = typer.Typer(help="Peers this node connects to.", invoke_without_command=True)
 app.add_typer(peers_app, name="peers")
+app.add_typer(cloud_commands.cloud_app, name="cloud")
+app.add_typer(cloud_commands.class_app, name="class")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
@@ -225,19 +228,60 @@ def info(
 @app.command()
 def status(
     ctx: typer.Context,
-    obj: Annotated[str | None, typer.Argument(help="Object ID, prefix or cap; omit for the node.")] = None,
+    obj: Annotated[str | None, typer.Argument(help="Object ID, prefix or cap; omit for every object.")] = None,
     node: Annotated[bool, typer.Option("--node", help="Show the daemon: uptime, addresses, peers, traffic.")] = False,
     json: JsonFlag = False,
 ) -> None:
-    """Who holds which blocks of an object (a block map per holder), or the node's own status."""
+    """The ledger: an object's block-by-holder map and health, every object's health, or the node."""
     with _backend(ctx) as backend:
-        data = backend.node_status() if node or obj is None else backend.status(obj)
+        data = backend.node_status() if node else backend.status(obj) if obj else backend.summary()
     if json:
         print_json(data)
-    elif node or obj is None:
+    elif node:
         _print_node(data)
-    else:
+    elif obj:
         _print_object_status(data)
+    else:
+        _print_summary(data)
+
+
+@app.command()
+def unpin(
+    ctx: typer.Context,
+    obj: Annotated[str, typer.Argument(help="Object ID, prefix or cap.")],
+    json: JsonFlag = False,
+) -> None:
+    """Drop this node's copy of an object, unless that would leave it below its class minimum."""
+    with _backend(ctx) as backend:
+        data = backend.unpin(obj)
+    if json:
+        print_json(data)
+    else:
+        out.print(f"Unpinned {data['object_id'][:12]}: now {data['health']}, {data['complete_copies']} complete copies")
+
+
+_HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "at risk": "red", "lost": "bold red"}
+
+
+def _print_summary(d: dict[str, Any]) -> None:
+    counts = d["counts"]
+    out.print("   ".join(f"[{_HEALTH_STYLE[h]}]{h}[/] {n}" for h, n in counts.items()))
+    if not d["objects"]:
+        out.print("No objects yet. Add one with `peercloud add FILE`.")
+        return
+    table = Table("object", "name", "class", "size", "health", "redundancy", "copies", "local", box=None)
+    for o in d["objects"]:
+        table.add_row(
+            o["object_id"][:12],
+            o["name"] or "-",
+            o["class"] or "-",
+            format_size(o["size"]),
+            f"[{_HEALTH_STYLE[o['health']]}]{o['health']}[/]",
+            f"{o['available']}/{o['target']}",
+            f"{o['distributed_copies']:.2f}",
+            f"{o['local_percent']:.0f}%",
+        )
+    out.print(table)
 
 
 def _print_node(d: dict[str, Any]) -> None:
@@ -254,21 +298,31 @@ def _print_object_status(d: dict[str, Any]) -> None:
     k, n = d["coding"]["k"], d["coding"]["n"]
     coding = "replicated blocks" if n == 1 else f"erasure code {k}-of-{n}"
     out.print(f"object {d['object_id'][:16]}…  {d['name'] or ''}  {format_size(d['size'])}, {total} blocks, {coding}")
+    r = d["redundancy"]
+    unit = "copies" if n == 1 else "shares"
+    out.print(
+        f"class {d['class'] or '-'}   health [{_HEALTH_STYLE[d['health']]}]{d['health']}[/]   "
+        f"{unit} online {r['available']}/{r['target']} (need {r['needed']})"
+    )
     out.print(
         f"local {d['local_percent']:.0f}%   complete copies {d['complete_copies']}   "
         f"distributed copies {d['distributed_copies']:.2f}"
     )
-    table = Table("holder", "online", "held", "blocks", box=None)
+    if d["note"]:
+        out.print(f"[yellow]note:[/] {d['note']}")
+    table = Table("holder", "online", "held", "proved", "blocks", box=None)
     for col in table.columns:
         col.no_wrap = True
-    width = max(16, min(64, out.width - 42))
+    width = max(16, min(64, out.width - 52))
     for h in d["holders"]:
-        who = h["peer_id"][:13] + (" (you)" if h["self"] else "")
+        who = h["peer_id"][:13] + (" (you)" if h["self"] else "" if h["member"] else " (outside)")
         style = "green" if h["self"] else "cyan" if h["online"] else "dim"
+        proved = "failed audit" if h["failed_audit"] else f"{100 * len(h['confirmed']) / max(1, total):.0f}%"
         table.add_row(
             who,
             "yes" if h["online"] else "no",
             f"{h['percent']:.0f}%",
+            proved,
             f"[{style}]{block_map(h['blocks'], total, width)}[/{style}]",
         )
     out.print(table)

@@ -9,11 +9,13 @@ from typing import Any, Protocol
 
 from peercloud.api import views
 from peercloud.cli.client import DaemonClient
+from peercloud.cloud.document import SignedDoc
+from peercloud.cloud.ledger import ObjectStatus
 from peercloud.errors import DaemonNeededError, NotFoundError
 from peercloud.identity import PeerId
 from peercloud.node.home import NodeHome
 from peercloud.node.local import LocalNode
-from peercloud.node.service import object_status_of
+from peercloud.node.service import ledger_view
 from peercloud.swarm.peers import PeerInfo, parse_peer
 
 Progress = Callable[[str, int], None]
@@ -45,6 +47,14 @@ class Backend(Protocol):
 
     def status(self, ref: str) -> dict[str, Any]:
         """Holders and redundancy of an object."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """Health of every object."""
+        ...
+
+    def unpin(self, cap: str) -> dict[str, Any]:
+        """Drop this node's copy unless the class minimum needs it."""
         ...
 
     def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:
@@ -103,7 +113,22 @@ class LocalBackend:
 
     def status(self, ref: str) -> dict[str, Any]:
         """The ledger as last known; every peer shows offline without the daemon."""
-        return views.object_status(*object_status_of(self.node, ref, set()))
+        object_id = self.node.resolve(ref).object_id
+        return views.object_status(self._ledger(object_id), self.node.index.get_object(object_id))
+
+    def summary(self) -> dict[str, Any]:
+        """Every object's health as last known (peers offline)."""
+        ids = dict.fromkeys([e.object_id for e in self.node.index.catalog()])
+        ids.update(dict.fromkeys(r.object_id for r in self.node.index.objects()))
+        return views.summary([(self._ledger(oid), self.node.index.get_object(oid)) for oid in ids])
+
+    def _ledger(self, object_id: bytes) -> ObjectStatus:
+        raw = self.node.index.cloud_doc()
+        return ledger_view(self.node, object_id, set(), SignedDoc.decode(raw).doc if raw else None)
+
+    def unpin(self, cap: str) -> dict[str, Any]:
+        """Unpinning checks the live ledger."""
+        raise DaemonNeededError(_NEEDS_DAEMON)
 
     def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:
         """`get` from the local store only."""
@@ -175,6 +200,16 @@ class DaemonBackend:
     def status(self, ref: str) -> dict[str, Any]:
         """`status OBJ`."""
         result: dict[str, Any] = self.client.call("GET", f"/v1/objects/{ref}/status")
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """`status`."""
+        result: dict[str, Any] = self.client.call("GET", "/v1/status")
+        return result
+
+    def unpin(self, cap: str) -> dict[str, Any]:
+        """`unpin`."""
+        result: dict[str, Any] = self.client.call("POST", "/v1/unpin", {"cap": cap})
         return result
 
     def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:

@@ -7,7 +7,15 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from peercloud.errors import IntegrityError, NotFoundError, PeercloudError, QuotaExceededError, UsageError
+from peercloud.errors import (
+    DaemonNeededError,
+    IntegrityError,
+    NotFoundError,
+    PeercloudError,
+    QuotaExceededError,
+    RefusedError,
+    UsageError,
+)
 from peercloud.node.home import NodeHome
 
 _BY_CODE: dict[int, type[PeercloudError]] = {
@@ -15,6 +23,8 @@ _BY_CODE: dict[int, type[PeercloudError]] = {
     3: NotFoundError,
     4: QuotaExceededError,
     5: IntegrityError,
+    6: DaemonNeededError,
+    7: RefusedError,
 }
 Progress = Callable[[str, int], None]
 

@@ -1,13 +1,21 @@
 """Who holds what: per-object holder maps and the redundancy figures derived from them.
 
-Pure functions over bitmaps (bit i = the object's i-th block in manifest order), so the same
-code serves the CLI, the API and tests. "Distributed copies" follows BitTorrent: the number of
-complete copies the holders make together, min over blocks of how many holders have the block,
-plus the fraction of blocks that have more than that minimum.
+Pure functions over bitmaps (bit i = the object's i-th block in manifest order, segment-major),
+so the same code serves the CLI, the API, the reconciler and tests. A holder's *claimed* blocks
+are what it announced (HAVE); its *confirmed* blocks are those it proved in an audit (or, for
+this node, that its own store verified). Every figure counts confirmed blocks only, so a peer
+that lies about what it holds adds nothing.
+
+"Distributed copies" follows BitTorrent: the number of complete copies the holders make
+together, min over blocks of how many holders have the block, plus the fraction of blocks that
+have more than that minimum.
 """
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from peercloud.cloud.classes import StorageClass
 
 
 def bitmap_from_indexes(total: int, indexes: Iterable[int]) -> bytes:
@@ -20,7 +28,26 @@ def bitmap_from_indexes(total: int, indexes: Iterable[int]) -> bytes:
 
 def indexes_from_bitmap(bitmap: bytes, total: int) -> list[int]:
     """Unpack a bitmap; bits past `total` (or past the bitmap) are ignored."""
-    return [i for i in range(min(total, len(bitmap) * 8)) if bitmap[i // 8] & (0x80 >> (i % 8))]
+    value = int.from_bytes(bitmap, "big")
+    width = len(bitmap) * 8
+    out = []
+    while value:
+        low = value & -value
+        i = width - low.bit_length()
+        if i < total:
+            out.append(i)
+        value ^= low
+    out.reverse()
+    return out
+
+
+class Health(Enum):
+    """An object's state against its class, from the blocks online holders proved."""
+
+    HEALTHY = "healthy"  # every segment at the class target
+    DEGRADED = "degraded"  # readable with margin, below target: repair is due (or waits out a grace)
+    AT_RISK = "at risk"  # readable, but one more loss makes some segment unreadable
+    LOST = "lost"  # some segment cannot be read from the holders online now
 
 
 @dataclass(frozen=True)
@@ -28,14 +55,29 @@ class Holder:
     """One holder of (part of) an object."""
 
     peer_id: str
-    blocks: tuple[int, ...]
+    blocks: tuple[int, ...]  # claimed
     online: bool
     is_self: bool
     updated_at: float | None
+    confirmed: tuple[int, ...] = ()
+    member: bool = True  # in this node's cloud (outsiders' copies are outside its control)
+    failed_audit: bool = False
 
     def percent(self, total: int) -> float:
-        """Share of the object's blocks this holder has."""
+        """Share of the object's blocks this holder claims."""
         return 100.0 * len(self.blocks) / total if total else 100.0
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """The object measured against its class."""
+
+    health: Health
+    available: int  # min over segments: copies (replicas) or distinct shares (EC) online now
+    target: int  # copies or shares per segment the class asks for
+    needed: int  # to read a segment: 1 copy, or k shares
+    crowded: int  # most shares of one segment on a single peer (EC wants 1)
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,6 +87,10 @@ class ObjectStatus:
     object_id: bytes
     total_blocks: int
     holders: tuple[Holder, ...]
+    k: int = 1
+    n: int = 1
+    storage_class: StorageClass | None = field(default=None)
+    size: int = 0
 
     @property
     def local_percent(self) -> float:
@@ -54,16 +100,16 @@ class ObjectStatus:
 
     @property
     def complete_copies(self) -> int:
-        """Holders that have every block."""
-        return sum(1 for h in self.holders if len(h.blocks) == self.total_blocks)
+        """Holders that proved every block."""
+        return sum(1 for h in self.holders if len(h.confirmed) == self.total_blocks)
 
     def availability(self, online_only: bool = False) -> list[int]:
-        """How many holders have each block."""
+        """How many holders proved each block."""
         counts = [0] * self.total_blocks
         for h in self.holders:
             if online_only and not h.online:
                 continue
-            for i in h.blocks:
+            for i in h.confirmed:
                 counts[i] += 1
         return counts
 
@@ -76,18 +122,55 @@ class ObjectStatus:
         low = min(counts)
         return low + sum(1 for c in counts if c > low) / len(counts)
 
+    def redundancy(self) -> Redundancy:
+        """Health against the class, counting members' proved blocks on peers online now."""
+        cls = self.storage_class
+        counting = [h for h in self.holders if h.online and h.member]
+        segments = self.total_blocks // self.n if self.n else 0
+        if self.n == 1:
+            copies = [0] * segments
+            for h in counting:
+                for i in h.confirmed:
+                    copies[i] += 1
+            available, needed, crowded = min(copies, default=0), 1, 1
+            target = cls.replicas if cls and cls.replicas else 1
+        else:
+            shares: list[set[int]] = [set() for _ in range(segments)]
+            crowded = 0
+            for h in counting:
+                per_segment = [0] * segments
+                for i in h.confirmed:
+                    shares[i // self.n].add(i % self.n)
+                    per_segment[i // self.n] += 1
+                crowded = max(crowded, *per_segment, 0)
+            available, needed, target = min((len(s) for s in shares), default=0), self.k, self.n
+        if available < needed:
+            health = Health.LOST
+        elif available == needed and target > needed:
+            health = Health.AT_RISK
+        elif available < target:
+            health = Health.DEGRADED
+        else:
+            health = Health.HEALTHY
+        note = ""
+        if self.n > 1 and crowded > 1:
+            note = f"up to {crowded} shares of a segment sit on one peer: losing it costs {crowded} shares"
+        return Redundancy(health, available, target, needed, max(crowded, 1), note)
+
 
 def object_status(
     object_id: bytes,
     total_blocks: int,
     self_id: str,
-    local: Sequence[int],
-    peers: Iterable[tuple[str, bytes, bool, float]],
+    local: Iterable[int],
+    peers: Iterable[Holder],
+    k: int = 1,
+    n: int = 1,
+    storage_class: StorageClass | None = None,
+    size: int = 0,
 ) -> ObjectStatus:
-    """Build the status from our own blocks and peers' (id, bitmap, online, updated_at)."""
-    holders = [Holder(self_id, tuple(local), True, True, None)] if local or total_blocks == 0 else []
-    for peer_id, bitmap, online, updated in peers:
-        blocks = indexes_from_bitmap(bitmap, total_blocks)
-        if blocks:
-            holders.append(Holder(peer_id, tuple(blocks), online, False, updated))
-    return ObjectStatus(object_id, total_blocks, tuple(holders))
+    """Build the status from our own blocks (proved by our store) and peers' holdings."""
+    mine = tuple(local)
+    holders = [Holder(self_id, mine, True, True, None, mine)] if mine or total_blocks == 0 else []
+    holders += [h for h in peers if h.blocks]
+    return ObjectStatus(object_id, total_blocks, tuple(holders), k, n, storage_class, size)

@@ -25,7 +25,11 @@ NoticeHandler = Callable[["PeerLink", m.Message], None]
 
 
 class PeerError(PeercloudError):
-    """A peer could not be reached, refused us, or failed a request."""
+    """A peer could not be reached, refused us, or failed a request (`code` is its error code)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,19 @@ class PeerLink(asyncio.BufferedProtocol):
 
     async def get_block(self, block_id: bytes, timeout: float | None = None) -> bytes:
         """Fetch one block's bytes (unverified: the caller checks them against the ID)."""
-        response = await self._request(m.GetBlock(self.conn.new_id(), block_id), timeout)
-        msg = response.message
-        if isinstance(msg, m.Error):
-            raise PeerError(f"peer {self._name()} answered {msg.code}: {msg.message}")
-        return response.payload
+        return (await self.call(m.GetBlock(self.conn.new_id(), block_id), timeout)).payload
+
+    async def call(self, msg: m.Request, timeout: float | None = None) -> c.Response:
+        """Send a request (its id from `next_id`); an Error answer raises PeerError with its code."""
+        response = await self._request(msg, timeout)
+        answer = response.message
+        if isinstance(answer, m.Error):
+            raise PeerError(f"peer {self._name()} answered {answer.code}: {answer.message}", answer.code)
+        return response
+
+    def next_id(self) -> int:
+        """A request id for `call`."""
+        return self.conn.new_id()
 
     async def ping(self, timeout: float = 10.0) -> float:
         """Round-trip time in seconds."""
@@ -139,7 +151,7 @@ class PeerLink(asyncio.BufferedProtocol):
         self.conn.respond(request_id, msg, payload)
         self._pump()
 
-    def notify(self, msg: m.Have) -> None:
+    def notify(self, msg: m.Notice) -> None:
         """Send a one-way message."""
         self.conn.notify(msg)
         self._pump()
@@ -158,7 +170,7 @@ class PeerLink(asyncio.BufferedProtocol):
     def _name(self) -> str:
         return self.peer_id.short() if self.peer_id else self.remote
 
-    async def _request(self, msg: m.GetBlock | m.Ping, timeout: float | None) -> c.Response:
+    async def _request(self, msg: m.Request, timeout: float | None) -> c.Response:
         if self.conn.state is not c.State.OPEN:
             raise PeerError(f"connection to {self._name()} is {self.conn.state.value}")
         fut: asyncio.Future[c.Response] = self._loop.create_future()

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-from peercloud.cloud.classes import lookup
+from peercloud.cloud.classes import StorageClass, lookup
 from peercloud.content.caps import ReadCap, VerifyCap, parse
 from peercloud.content.manifest import Manifest
 from peercloud.errors import NotFoundError, UsageError
@@ -55,9 +55,10 @@ class LocalNode:
         *,
         convergent: bool = False,
         progress: ingest.Progress | None = None,
+        classes: dict[str, StorageClass] | None = None,
     ) -> ingest.AddResult:
-        """Store a file as a new object in the given (or default) class."""
-        cls = lookup(class_name or self.config.default_class)
+        """Store a file as a new object in the given (or default) class, among `classes` (a cloud's)."""
+        cls = lookup(class_name or self.config.default_class, classes)
         secret = self.home.secret_path.read_bytes() if convergent else None
         return ingest.add_file(
             self.store,

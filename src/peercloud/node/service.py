@@ -5,23 +5,35 @@ encryption, disk) runs in threads so the event loop keeps serving peers meanwhil
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from peercloud import __version__
-from peercloud.cloud.ledger import ObjectStatus, bitmap_from_indexes, indexes_from_bitmap, object_status
+from peercloud.cloud.classes import DEFAULT_CLASSES
+from peercloud.cloud.document import CloudDoc
+from peercloud.cloud.ledger import (
+    Holder,
+    ObjectStatus,
+    bitmap_from_indexes,
+    indexes_from_bitmap,
+    object_status,
+)
 from peercloud.content.caps import ReadCap
 from peercloud.content.manifest import Manifest
-from peercloud.errors import NotFoundError, UsageError
+from peercloud.errors import NotFoundError, RefusedError, UsageError
 from peercloud.identity import PeerId
-from peercloud.net.link import Address, listen
+from peercloud.net.link import Address, PeerLink, listen
 from peercloud.node import ingest, retrieve
+from peercloud.node.auditor import Auditor
 from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.local import LocalNode
-from peercloud.store.index import ObjectRecord
+from peercloud.node.membership import Membership
+from peercloud.node.reconciler import Reconciler
+from peercloud.store.index import CatalogEntry, ObjectRecord
 from peercloud.swarm import fetch
 from peercloud.swarm.peers import PeerManager
 from peercloud.swarm.upload import block_server
@@ -56,9 +68,15 @@ class NodeService:
         self.started = time.time()
         self.listening: list[str] = []
         self._server: asyncio.Server | None = None
-        self._closed_bytes = [0, 0]
-        hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have"), f"peercloud/{__version__}")
-        self.peers = PeerManager(node.identity, hello, node.index, block_server(node.store), self.local_haves)
+        self._tasks: list[asyncio.Task[None]] = []
+        hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have", "cloud", "audit"), f"peercloud/{__version__}")
+        self.peers = PeerManager(node.identity, hello, node.index, self._on_request, self.local_haves)
+        self.peers.on_link = self._on_link
+        self.peers.on_notice_extra = self._on_notice
+        self.membership = Membership(node.identity, node.index, self.peers, lambda: self.listening)
+        self.auditor = Auditor(node.index, node.store, self.peers, self.manifest)
+        self.reconciler = Reconciler(self)
+        self._serve_blocks = block_server(node.store)
 
     async def start(self) -> None:
         """Listen for peers and dial the known ones."""
@@ -73,12 +91,53 @@ class NodeService:
         )
         self.listening = [str(Address(*s.getsockname()[:2])) for s in self._server.sockets]
         self.peers.start()
+        self.membership.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.auditor.run()), loop.create_task(self.reconciler.run())]
 
     async def stop(self) -> None:
         """Close links and the listener."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.peers.stop()
         if self._server is not None:
             self._server.close()
+
+    # -- what peers ask and tell
+
+    async def _on_request(self, link: PeerLink, msg: m.Message) -> None:
+        if isinstance(msg, m.GetBlock):
+            await self._serve_blocks(link, msg)
+        elif isinstance(msg, m.Audit):
+            await self.auditor.on_request(link, msg)
+        elif isinstance(msg, m.Join | m.Leave):
+            await self.membership.on_request(link, msg)
+        elif isinstance(msg, m.Place | m.Release):
+            await self.reconciler.on_request(link, msg)
+
+    def _on_notice(self, link: PeerLink, msg: m.Message) -> None:
+        if isinstance(msg, m.CloudDoc):
+            self.membership.on_gossip(link, msg)
+        elif isinstance(msg, m.Catalog) and self.membership.is_member(link.peer_id):
+            if msg.k < 1 or msg.n < msg.k or msg.n > 256 or msg.total % msg.n:
+                link.close("catalog entry with an impossible shape")
+                return
+            entry = CatalogEntry(msg.object, msg.cls, msg.total, msg.k, msg.n, msg.size, time.time())
+            self.node.index.put_catalog(entry)
+
+    def _on_link(self, link: PeerLink) -> None:
+        self.membership.on_link(link)
+        if self.membership.is_member(link.peer_id):
+            for entry in self.node.index.catalog():
+                link.notify(_catalog_message(entry))
+
+    def _publish_catalog(self, entry: CatalogEntry) -> None:
+        self.node.index.put_catalog(entry)
+        for link in list(self.peers.links.values()):
+            if self.membership.is_member(link.peer_id):
+                link.notify(_catalog_message(entry))
 
     # -- what we hold
 
@@ -110,9 +169,35 @@ class NodeService:
     async def add(
         self, path: Path, class_name: str | None, convergent: bool, progress: Progress | None
     ) -> ingest.AddResult:
-        """Add a file, then tell connected peers we hold it."""
-        result = await asyncio.to_thread(self.node.add, path, class_name, convergent=convergent, progress=progress)
-        self._announce(result.manifest.object_id)
+        """Add a file, then tell connected peers we hold it; in a cloud, placement takes over."""
+        doc = self.membership.doc
+        result = await asyncio.to_thread(
+            self.node.add,
+            path,
+            class_name,
+            convergent=convergent,
+            progress=progress,
+            classes=doc.class_map if doc else None,
+        )
+        manifest = result.manifest
+        if doc is not None:
+            # The cloud decides where copies live: our blocks become holds it may release.
+            blocks = [bid for _, _, bid in manifest.blocks()]
+            self.node.index.hold(manifest.object_id, [*blocks, manifest.object_id])
+            self.node.index.unpin(manifest.object_id)
+            record = self.node.index.get_object(manifest.object_id)
+            self._publish_catalog(
+                CatalogEntry(
+                    manifest.object_id,
+                    record.storage_class if record else "-",
+                    len(blocks),
+                    manifest.coding.k,
+                    manifest.coding.n,
+                    manifest.size,
+                    time.time(),
+                )
+            )
+        self._announce(manifest.object_id)
         return result
 
     def _holders(self, manifest: Manifest) -> Callable[[bytes], set[PeerId]]:
@@ -125,9 +210,11 @@ class NodeService:
             nonlocal version, table
             if version != self.peers.have_version:
                 table = {}
-                for raw, bitmap, _ in self.node.index.holdings(manifest.object_id):
-                    pid = PeerId(raw)
-                    for i in indexes_from_bitmap(bitmap, len(ids)):
+                for _, h in self.node.index.holdings(manifest.object_id):
+                    if h.failed_at is not None and h.updated_at <= h.failed_at:
+                        continue  # failed an audit since its last announcement: do not ask it
+                    pid = PeerId(h.peer_id)
+                    for i in indexes_from_bitmap(h.bitmap, len(ids)):
                         table.setdefault(ids[i], set()).add(pid)
                 version = self.peers.have_version
             return table.get(bid, set())
@@ -137,7 +224,7 @@ class NodeService:
     async def manifest(self, object_id: bytes) -> Manifest:
         """The object's manifest, fetched from peers when it is not here."""
         if not self.node.store.has(object_id):
-            known = {PeerId(raw) for raw, _, _ in self.node.index.holdings(object_id)}
+            known = {PeerId(h.peer_id) for _, h in self.node.index.holdings(object_id)}
 
             def holders(_: bytes) -> set[PeerId]:
                 return known or set(self.peers.links)  # nobody announced it: ask everyone
@@ -167,11 +254,12 @@ class NodeService:
     def _record(self, manifest: Manifest, name: str, key: bytes | None, pin: bool) -> None:
         index = self.node.index
         existing = index.get_object(manifest.object_id)
+        entries = index.catalog(manifest.object_id)
         record = ObjectRecord(
             manifest.object_id,
             existing.name if existing else name,
             manifest.size,
-            existing.storage_class if existing else "-",
+            entries[0].storage_class if entries else existing.storage_class if existing else "-",
             existing.added_at if existing else time.time(),
             key,
         )
@@ -210,9 +298,65 @@ class NodeService:
         self._announce(manifest.object_id)
         return manifest
 
-    def status(self, text: str) -> tuple[ObjectStatus, Manifest, ObjectRecord | None]:
-        """The ledger's view of one object."""
-        return object_status_of(self.node, text, set(self.peers.links))
+    async def hold(self, object_id: bytes, shares: tuple[int, ...], class_name: str) -> None:
+        """Keep share columns of an object for the cloud: pull what is missing, then announce."""
+        manifest = await self.manifest(object_id)
+        n = manifest.coding.n
+        blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in shares if j < n]
+        self.node.index.hold(object_id, [*blocks, object_id])
+        self._record(manifest, object_id.hex()[:12], None, pin=False)
+        groups = [fetch.Group([b], 1) for b in dict.fromkeys(blocks) if not self.node.store.has(b)]
+        await fetch.fetch(self.peers, self.node.store, groups, self._holders(manifest))
+        self._announce(object_id)
+
+    async def release(self, object_id: bytes, shares: tuple[int, ...]) -> None:
+        """Stop keeping share columns for the cloud; delete the blocks nothing else keeps."""
+        if not self.node.store.has(object_id):
+            return
+        manifest = self.node.manifest(object_id)
+        blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in shares if j < manifest.coding.n]
+        self.node.index.release(object_id, blocks)
+        await self._drop(object_id, blocks)
+
+    async def _drop(self, object_id: bytes, blocks: list[bytes]) -> None:
+        index = self.node.index
+        doomed = [b for b in dict.fromkeys(blocks) if self.node.store.has(b) and b not in index.kept([b])]
+        await asyncio.to_thread(self.node.store.delete, doomed)
+        self._announce(object_id)
+
+    async def unpin(self, text: str) -> ObjectStatus:
+        """Drop this node's copy, unless the others would leave the object below its class minimum."""
+        object_id = self.node.resolve(text).object_id
+        status = self.ledger(object_id)
+        others = replace(status, holders=tuple(h for h in status.holders if not h.is_self))
+        left = others.redundancy()
+        if status.storage_class is not None and left.available < left.target:
+            unit = "copies" if status.n == 1 else "shares per segment"
+            raise RefusedError(
+                f"refusing to unpin: without this node the object would have {left.available} {unit} "
+                f"proved online, below the {left.target} that class {status.storage_class.name} needs"
+            )
+        self.node.index.unpin(object_id)
+        self.node.index.release(object_id)
+        self.node.index.hold(object_id, [object_id])  # the manifest stays: the ledger still needs its shape
+        await self._drop(object_id, [bid for _, _, bid in self.node.manifest(object_id).blocks()])
+        return self.ledger(object_id)
+
+    def ledger(self, object_id: bytes) -> ObjectStatus:
+        """The ledger's view of one object, with its class when the cloud knows it."""
+        return ledger_view(self.node, object_id, set(self.peers.links), self.membership.doc)
+
+    def status(self, text: str) -> tuple[ObjectStatus, ObjectRecord | None, str]:
+        """The ledger's view of one object, for `status OBJ`, with the placement note."""
+        cap = self.node.resolve(text) if len(text) != 64 else None
+        object_id = cap.object_id if cap else bytes.fromhex(text)
+        return self.ledger(object_id), self.node.index.get_object(object_id), self.reconciler.notes.get(object_id, "")
+
+    def summary(self) -> list[tuple[ObjectStatus, ObjectRecord | None]]:
+        """Every object known here (the cloud's and local ones), for `status` without an object."""
+        ids = dict.fromkeys([e.object_id for e in self.node.index.catalog()])
+        ids.update(dict.fromkeys(r.object_id for r in self.node.index.objects()))
+        return [(self.ledger(oid), self.node.index.get_object(oid)) for oid in ids]
 
     def node_status(self) -> NodeStatus:
         """Uptime, addresses, peers and traffic."""
@@ -232,17 +376,41 @@ class NodeService:
         )
 
 
-def object_status_of(
-    node: LocalNode, text: str, online: set[PeerId]
-) -> tuple[ObjectStatus, Manifest, ObjectRecord | None]:
+def _catalog_message(entry: CatalogEntry) -> m.Catalog:
+    return m.Catalog(entry.object_id, entry.storage_class, entry.total_blocks, entry.k, entry.n, entry.size)
+
+
+def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: CloudDoc | None) -> ObjectStatus:
     """Ledger view from the index alone (works without the daemon: peers then show offline)."""
-    cap = node.resolve(text)
-    manifest = node.manifest(cap.object_id)
-    total = len(manifest.block_ids) // 32
-    local = [i for i, (_, _, bid) in enumerate(manifest.blocks()) if node.store.has(bid)]
-    peers = [
-        (str(PeerId(raw)), bitmap, PeerId(raw) in online, when)
-        for raw, bitmap, when in node.index.holdings(cap.object_id)
-    ]
-    status = object_status(cap.object_id, total, str(node.identity.peer_id), local, peers)
-    return status, manifest, node.index.get_object(cap.object_id)
+    entries = node.index.catalog(object_id)
+    if entries:
+        e = entries[0]
+        total, k, n, class_name, size = e.total_blocks, e.k, e.n, e.storage_class, e.size
+    elif node.store.has(object_id):
+        manifest = node.manifest(object_id)
+        record = node.index.get_object(object_id)
+        total, k, n, size = len(manifest.block_ids) // 32, manifest.coding.k, manifest.coding.n, manifest.size
+        class_name = record.storage_class if record else "-"
+    else:
+        raise NotFoundError(f"unknown object {object_id.hex()}: not in this node's cloud or store")
+    classes = doc.class_map if doc else DEFAULT_CLASSES
+    local = node.index.local_indexes(object_id) or []
+    holders = []
+    for _, h in node.index.holdings(object_id):
+        pid = PeerId(h.peer_id)
+        claimed = indexes_from_bitmap(h.bitmap, total)
+        proved = set(indexes_from_bitmap(h.confirmed, total))
+        holders.append(
+            Holder(
+                str(pid),
+                tuple(claimed),
+                pid in online,
+                False,
+                h.updated_at,
+                tuple(i for i in claimed if i in proved),
+                doc is None or doc.member(pid) is not None,
+                h.failed_at is not None,
+            )
+        )
+    me = str(node.identity.peer_id)
+    return object_status(object_id, total, me, local, holders, k, n, classes.get(class_name), size)

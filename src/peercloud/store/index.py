@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -55,6 +55,39 @@ CREATE TABLE holdings (
 ) WITHOUT ROWID;
 CREATE INDEX holdings_by_object ON holdings(object_id);
 """
+# Version 3: the cloud. Its signed document, the invites this admin issued, the objects of the
+# cloud with their class, the blocks this node keeps for the cloud (holds, released on request),
+# and which claimed blocks of each peer passed an audit.
+_SCHEMA_V3 = """
+CREATE TABLE cloud (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    doc BLOB NOT NULL
+);
+CREATE TABLE invites (
+    secret_hash BLOB PRIMARY KEY,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    used_by BLOB
+) WITHOUT ROWID;
+CREATE TABLE catalog (
+    object_id BLOB PRIMARY KEY,
+    class TEXT NOT NULL,
+    total_blocks INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    added_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE holds (
+    object_id BLOB NOT NULL,
+    block_id BLOB NOT NULL,
+    PRIMARY KEY (object_id, block_id)
+) WITHOUT ROWID;
+CREATE INDEX holds_by_block ON holds(block_id);
+ALTER TABLE holdings ADD COLUMN confirmed BLOB NOT NULL DEFAULT x'';
+ALTER TABLE holdings ADD COLUMN checked_at REAL;
+ALTER TABLE holdings ADD COLUMN failed_at REAL;
+"""
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,31 @@ class ObjectRecord:
     def local_percent(self) -> float:
         """Share of the object's blocks (manifest included) held on this node."""
         return 100.0 * self.local_blocks / self.total_blocks if self.total_blocks else 100.0
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What one peer announced of one object, and how much of that an audit confirmed."""
+
+    peer_id: bytes
+    bitmap: bytes
+    updated_at: float
+    confirmed: bytes
+    checked_at: float | None
+    failed_at: float | None
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An object of the cloud: its class and shape, known to every member."""
+
+    object_id: bytes
+    storage_class: str
+    total_blocks: int
+    k: int
+    n: int
+    size: int
+    added_at: float
 
 
 _OBJECT_COLUMNS = """
@@ -98,7 +156,7 @@ class Index:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise RuntimeError(f"index {path} has schema {version}; this peercloud knows {SCHEMA_VERSION}")
-            for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2)):
+            for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2), (3, _SCHEMA_V3)):
                 if version < target:
                     for statement in _split(script):
                         db.execute(statement)
@@ -159,7 +217,8 @@ class Index:
             """SELECT b.id FROM blocks b WHERE NOT EXISTS (
                    SELECT 1 FROM object_blocks ob JOIN pins p ON p.object_id = ob.object_id
                    WHERE ob.block_id = b.id)
-               AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.object_id = b.id)"""
+               AND NOT EXISTS (SELECT 1 FROM pins p WHERE p.object_id = b.id)
+               AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.block_id = b.id)"""
         )
         return [bytes(r[0]) for r in rows]
 
@@ -262,23 +321,38 @@ class Index:
         """Record (part of) a peer's HAVE bitmap for one object."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT bitmap FROM holdings WHERE peer_id = ? AND object_id = ?", (peer_id, object_id)
+                "SELECT bitmap, confirmed FROM holdings WHERE peer_id = ? AND object_id = ?", (peer_id, object_id)
             ).fetchone()
             old = bytearray(row[0]) if row and offset else bytearray()
             if len(old) < offset + len(bitmap):
                 old.extend(bytes(offset + len(bitmap) - len(old)))
             old[offset : offset + len(bitmap)] = bitmap
+            confirmed = bytes(a & b for a, b in zip(bytes(row[1]), old, strict=False)) if row else b""
             db.execute(
-                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at) VALUES (?, ?, ?, ?)"
+                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
-                " updated_at = excluded.updated_at",
-                (peer_id, object_id, bytes(old), time.time()),
+                " updated_at = excluded.updated_at, confirmed = excluded.confirmed",
+                (peer_id, object_id, bytes(old), time.time(), confirmed),
             )
 
-    def holdings(self, object_id: bytes) -> list[tuple[bytes, bytes, float]]:
-        """(peer, bitmap, when) for every peer that announced blocks of this object."""
-        rows = self._query("SELECT peer_id, bitmap, updated_at FROM holdings WHERE object_id = ?", (object_id,))
-        return [(bytes(r[0]), bytes(r[1]), float(r[2])) for r in rows]
+    def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool) -> None:
+        """Record an audit of a peer's claim: the blocks it proved, or that it failed."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE holdings SET confirmed = ?, checked_at = ?,"
+                " failed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE peer_id = ? AND object_id = ?",
+                (confirmed, now, failed, now, peer_id, object_id),
+            )
+
+    def holdings(self, object_id: bytes | None = None) -> list[tuple[bytes, Holding]]:
+        """(object, holding) for every peer that announced blocks of this object (or of any)."""
+        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("", ())
+        rows = self._query(
+            f"SELECT object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at FROM holdings {where}",
+            args,
+        )
+        return [(bytes(r[0]), Holding(bytes(r[1]), bytes(r[2]), float(r[3]), bytes(r[4]), r[5], r[6])) for r in rows]
 
     def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
         """(object, bitmap) for everything one peer announced."""
@@ -296,6 +370,101 @@ class Index:
             return None
         n = max(int(r[1]) for r in rows) + 1
         return sorted(int(r[0]) * n + int(r[1]) for r in rows if r[2])
+
+    # -- the cloud
+
+    def cloud_doc(self) -> bytes | None:
+        """The signed cloud document this node holds, if it is in a cloud."""
+        rows = self._query("SELECT doc FROM cloud WHERE id = 1")
+        return bytes(rows[0][0]) if rows else None
+
+    def set_cloud_doc(self, doc: bytes | None) -> None:
+        """Replace (or, with None, forget) the cloud document."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM cloud")
+            if doc is not None:
+                db.execute("INSERT INTO cloud (id, doc) VALUES (1, ?)", (doc,))
+
+    def add_invite(self, secret_hash: bytes, expires_at: float | None) -> None:
+        """Remember an invite this admin issued (only its hash)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO invites (secret_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                (secret_hash, time.time(), expires_at),
+            )
+
+    def use_invite(self, secret_hash: bytes, peer_id: bytes) -> str | None:
+        """Spend an invite for a peer, atomically; the reason it cannot be used, or None."""
+        with self.transaction() as db:
+            row = db.execute("SELECT expires_at, used_by FROM invites WHERE secret_hash = ?", (secret_hash,)).fetchone()
+            if row is None:
+                return "this invite was not issued by this admin"
+            if row[1] is not None and bytes(row[1]) != peer_id:
+                return "this invite was already used"
+            if row[0] is not None and time.time() > row[0]:
+                return "this invite has expired"
+            db.execute("UPDATE invites SET used_by = ? WHERE secret_hash = ?", (peer_id, secret_hash))
+            return None
+
+    def put_catalog(self, entry: CatalogEntry) -> bool:
+        """Record an object of the cloud (its class may change); True when it was new."""
+        with self.transaction() as db:
+            new = db.execute("SELECT 1 FROM catalog WHERE object_id = ?", (entry.object_id,)).fetchone() is None
+            db.execute(
+                "INSERT INTO catalog (object_id, class, total_blocks, k, n, size, added_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(object_id) DO UPDATE SET class = excluded.class",
+                (
+                    entry.object_id,
+                    entry.storage_class,
+                    entry.total_blocks,
+                    entry.k,
+                    entry.n,
+                    entry.size,
+                    entry.added_at,
+                ),
+            )
+        return new
+
+    def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
+        """Objects of the cloud (or one of them)."""
+        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
+        rows = self._query(f"SELECT object_id, class, total_blocks, k, n, size, added_at FROM catalog {where}", args)
+        return [CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6]) for r in rows]
+
+    def hold(self, object_id: bytes, block_ids: Iterable[bytes]) -> None:
+        """Keep these blocks for the cloud (garbage collection spares them)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)", [(object_id, b) for b in block_ids]
+            )
+
+    def release(self, object_id: bytes, block_ids: Iterable[bytes] | None = None) -> None:
+        """Stop keeping blocks of an object for the cloud (all of them when None)."""
+        with self.transaction() as db:
+            if block_ids is None:
+                db.execute("DELETE FROM holds WHERE object_id = ?", (object_id,))
+            else:
+                db.executemany(
+                    "DELETE FROM holds WHERE object_id = ? AND block_id = ?", [(object_id, b) for b in block_ids]
+                )
+
+    def kept(self, block_ids: Iterable[bytes]) -> set[bytes]:
+        """The subset of blocks a pin or a hold still keeps (the rest may be deleted)."""
+        out = set()
+        for bid in block_ids:
+            if self._query(
+                """SELECT 1 FROM holds WHERE block_id = ?1
+                   UNION ALL SELECT 1 FROM pins WHERE object_id = ?1
+                   UNION ALL SELECT 1 FROM object_blocks ob JOIN pins p ON p.object_id = ob.object_id
+                   WHERE ob.block_id = ?1 LIMIT 1""",
+                (bid,),
+            ):
+                out.add(bid)
+        return out
+
+    def held(self, object_id: bytes) -> set[bytes]:
+        """Blocks of an object kept for the cloud."""
+        return {bytes(r[0]) for r in self._query("SELECT block_id FROM holds WHERE object_id = ?", (object_id,))}
 
 
 def _split(script: str) -> list[str]:

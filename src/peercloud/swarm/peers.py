@@ -62,6 +62,9 @@ class PeerManager:
         self._closing = False
         self.have_version = 0  # bumps on every HAVE received: holder maps rebuild lazily
         self._announced: weakref.WeakKeyDictionary[PeerLink, set[bytes]] = weakref.WeakKeyDictionary()
+        self.last_seen: dict[PeerId, float] = {}  # when each peer's link last closed (wall clock)
+        self.on_link: Callable[[PeerLink], None] | None = None  # after HAVEs are sent to a new link
+        self.on_notice_extra: Callable[[PeerLink, m.Message], None] | None = None  # notices besides HAVE
 
     def start(self) -> None:
         """Dial every stored peer (and keep dialing)."""
@@ -84,6 +87,19 @@ class PeerManager:
         if old is not None:
             old.cancel()
         self._keep(peer_id, str(address))
+
+    def ensure(self, peer_id: PeerId, address: str) -> None:
+        """Keep a connection to a peer without persisting it (cloud members come from the document)."""
+        if peer_id != self.identity.peer_id and peer_id not in self._keepers and not self._closing:
+            self._keep(peer_id, address)
+
+    def drop(self, peer_id: PeerId) -> None:
+        """Stop keeping a connection that `ensure` started (a peer added by hand stays)."""
+        if any(raw == peer_id.public_key for raw, _ in self.index.peers()):
+            return
+        task = self._keepers.pop(peer_id, None)
+        if task is not None:
+            task.cancel()
 
     def remove(self, peer_id: PeerId) -> bool:
         """Forget a peer: stop dialing and close its link."""
@@ -162,6 +178,8 @@ class PeerManager:
         link.closed.add_done_callback(lambda _: self._unregister(link))
         for object_id, bitmap in self.local_haves():
             self._send_have(link, object_id, bitmap)
+        if self.on_link is not None:
+            self.on_link(link)
         self._changed.set()
         task = asyncio.get_running_loop().create_task(self._keepalive(link))
         link.closed.add_done_callback(lambda _: task.cancel())
@@ -179,11 +197,16 @@ class PeerManager:
     def _unregister(self, link: PeerLink) -> None:
         if link.peer_id is not None and self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
+            self.last_seen[link.peer_id] = time.time()
             self._changed.set()
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> None:
-        """Store a peer's HAVE."""
-        if isinstance(msg, m.Have) and link.peer_id is not None:
+        """Store a peer's HAVE; pass other notices on."""
+        if not isinstance(msg, m.Have):
+            if self.on_notice_extra is not None and link.peer_id is not None:
+                self.on_notice_extra(link, msg)
+            return
+        if link.peer_id is not None:
             announced = self._announced.setdefault(link, set())
             announced.add(msg.object)
             if len(announced) > MAX_HAVE_OBJECTS:

@@ -196,7 +196,7 @@ class PeerConnection:
 
     # -- sending
 
-    def request(self, msg: m.GetBlock | m.Ping, timeout: float | None = None) -> int:
+    def request(self, msg: m.Request, timeout: float | None = None) -> int:
         """Send a request; its answer arrives as Response(id) or Timeout(id)."""
         self._require_open()
         deadline = self.now + (timeout if timeout is not None else self.limits.request_timeout)
@@ -232,7 +232,7 @@ class PeerConnection:
         """
         self._inflight_from_peer.discard(request_id)
 
-    def notify(self, msg: m.Have) -> None:
+    def notify(self, msg: m.Notice) -> None:
         """Send a one-way message."""
         self._require_open()
         self._send_frame(msg)
@@ -370,7 +370,7 @@ class PeerConnection:
 
     def _dispatch(self, msg: m.Message, payload: bytes) -> None:
         self._rate_check()
-        if isinstance(msg, m.GetBlock | m.Ping):
+        if isinstance(msg, m.Request):
             if msg.id in self._inflight_from_peer:
                 raise m.ProtocolError(f"request id {msg.id} reused while in flight")
             if len(self._inflight_from_peer) >= self.limits.max_inflight:
@@ -381,7 +381,7 @@ class PeerConnection:
                 self.respond(msg.id, m.Pong(msg.id))
             else:
                 self._events.append(Request(msg))
-        elif isinstance(msg, m.BlockData | m.Pong | m.Error):
+        elif isinstance(msg, m.RESPONSES):
             if isinstance(msg, m.Error) and msg.id == 0:
                 code = msg.code if msg.code in m.ERROR_CODES else "other"
                 self._finish(f"peer reported: {code}: {msg.message[:200]}", error=True)
@@ -389,18 +389,16 @@ class PeerConnection:
             out = self._outstanding.pop(msg.id, None)
             if out is None:
                 return  # answer to a cancelled or timed-out request
-            if isinstance(msg, m.Pong) and not isinstance(out.message, m.Ping):
-                raise m.ProtocolError("peer answered a request with a pong")
-            if isinstance(msg, m.BlockData) and (
-                not isinstance(out.message, m.GetBlock) or out.message.block != msg.block
-            ):
+            if not isinstance(msg, (m.Error, *m.REQUESTS[type(out.message)])):
+                raise m.ProtocolError(f"peer answered a {out.message.TYPE} with a {msg.TYPE}")
+            if isinstance(msg, m.BlockData | m.Proof) and getattr(out.message, "block", None) != msg.block:
                 raise m.ProtocolError("peer answered with a block that was not asked for")
             self._events.append(Response(msg.id, msg, payload))
         elif isinstance(msg, m.Cancel):
             if msg.id in self._inflight_from_peer:
                 self._cancelled_by_peer.add(msg.id)
                 self._events.append(Notice(msg))
-        elif isinstance(msg, m.Have):
+        elif isinstance(msg, m.NOTICES):
             self._events.append(Notice(msg))
         elif isinstance(msg, m.Bye):
             self._finish(f"peer closed: {msg.reason}", error=False)

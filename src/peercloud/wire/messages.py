@@ -104,6 +104,103 @@ class Have(Message):
 
 
 @dataclass(frozen=True)
+class Join(Message):
+    """Ask an admin to add the sender to a cloud, presenting an invite secret."""
+
+    TYPE: ClassVar[str] = "join"
+    id: int
+    cloud: bytes
+    secret: bytes
+    offer: int
+    tags: tuple[str, ...] = ()  # KEY=VALUE
+    listen: tuple[str, ...] = ()  # where the sender accepts connections (host may be empty)
+
+
+@dataclass(frozen=True)
+class Leave(Message):
+    """Ask an admin to remove the sender from the cloud."""
+
+    TYPE: ClassVar[str] = "leave"
+    id: int
+    cloud: bytes
+
+
+@dataclass(frozen=True)
+class Place(Message):
+    """Ask a member to hold share columns of an object, pulling their blocks from the swarm.
+
+    Share j of every segment is column j (replicated objects have the one column 0).
+    """
+
+    TYPE: ClassVar[str] = "place"
+    id: int
+    object: bytes
+    shares: tuple[int, ...]
+    cls: str
+
+
+@dataclass(frozen=True)
+class Release(Message):
+    """Ask a member to stop holding share columns it holds for the cloud (above the class max)."""
+
+    TYPE: ClassVar[str] = "release"
+    id: int
+    object: bytes
+    shares: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Audit(Message):
+    """A storage challenge: prove holding `block` by sending leaf `leaf` with its Merkle path."""
+
+    TYPE: ClassVar[str] = "audit"
+    id: int
+    block: bytes
+    leaf: int
+
+
+@dataclass(frozen=True)
+class Proof(Message):
+    """Answer to an audit: the leaf bytes as payload, the sibling hashes up to the block ID."""
+
+    TYPE: ClassVar[str] = "proof"
+    id: int
+    block: bytes
+    leaf: int
+    path: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Ok(Message):
+    """Success answer to a cloud request; a join's answer carries the signed cloud document."""
+
+    TYPE: ClassVar[str] = "ok"
+    id: int
+    doc: bytes = b""
+
+
+@dataclass(frozen=True)
+class CloudDoc(Message):
+    """Gossip: the sender's newest signed cloud document."""
+
+    TYPE: ClassVar[str] = "cloud"
+    doc: bytes
+
+
+@dataclass(frozen=True)
+class Catalog(Message):
+    """Gossip: an object of the cloud, its class and shape (so members can judge its health)."""
+
+    TYPE: ClassVar[str] = "catalog"
+    object: bytes
+    cls: str
+    total: int
+    k: int
+    n: int
+    size: int
+
+
+@dataclass(frozen=True)
 class Error(Message):
     """A typed failure: in answer to request `id`, or (id 0) about the connection."""
 
@@ -121,9 +218,22 @@ class Bye(Message):
     reason: str = ""
 
 
-MESSAGES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Hello, Ping, Pong, GetBlock, BlockData, Cancel, Have, Error, Bye)
+# Requests and the answers each accepts (Error answers any request).
+REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
+    GetBlock: (BlockData,),
+    Ping: (Pong,),
+    Join: (Ok,),
+    Leave: (Ok,),
+    Place: (Ok,),
+    Release: (Ok,),
+    Audit: (Proof,),
 }
+RESPONSES = (BlockData, Pong, Ok, Proof, Error)
+NOTICES = (Have, CloudDoc, Catalog)
+Request = GetBlock | Ping | Join | Leave | Place | Release | Audit
+Notice = Have | CloudDoc | Catalog
+_ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
+MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 _HINTS = {name: get_type_hints(cls) for name, cls in MESSAGES.items()}
 # Error codes a peer may send; anything else is reported as "other".
 ERROR_CODES = ("not_found", "busy", "bad_request", "version", "refused", "other")
@@ -209,10 +319,16 @@ def decode_header(data: bytes | memoryview) -> Message:
 
 def _validate(msg: Message) -> None:
     """Field rules beyond types: ID sizes, request ids, HAVE bitmap bounds."""
-    if isinstance(msg, GetBlock | BlockData) and len(msg.block) != 32:
+    if isinstance(msg, GetBlock | BlockData | Audit | Proof) and len(msg.block) != 32:
         raise ProtocolError(f"{msg.TYPE}: block IDs are 32 bytes")
-    if isinstance(msg, GetBlock | Ping) and msg.id == 0:
+    if isinstance(msg, Place | Release | Catalog) and len(msg.object) != 32:
+        raise ProtocolError(f"{msg.TYPE}: object IDs are 32 bytes")
+    if isinstance(msg, Request) and msg.id == 0:
         raise ProtocolError(f"{msg.TYPE}: request id 0 is reserved for connection-level errors")
+    if isinstance(msg, Proof) and any(len(h) != 32 for h in msg.path):
+        raise ProtocolError("proof: path hashes are 32 bytes")
+    if isinstance(msg, Place | Release) and any(s > 255 for s in msg.shares):
+        raise ProtocolError(f"{msg.TYPE}: share numbers are below 256")
     if isinstance(msg, Have) and (
         len(msg.object) != 32 or len(msg.bitmap) > HAVE_PIECE or msg.offset + len(msg.bitmap) > MAX_HAVE_BITMAP
     ):
@@ -245,7 +361,7 @@ class FrameDecoder:
             finally:
                 view.release()
             del self._buf[:end]
-            if payload and not isinstance(msg, BlockData):
+            if payload and not isinstance(msg, BlockData | Proof):
                 raise ProtocolError(f"{msg.TYPE} must not carry a payload")
             out.append((msg, payload))
         return out

@@ -1,0 +1,343 @@
+"""The cloud document: who is in the cloud (role, offered quota, tags, addresses) and its classes.
+
+An admin signs each version; members keep the newest valid one and pass it on when they meet.
+A new version is accepted only when it is signed by an admin *of the version the receiver
+already holds*, so an ordinary member, an outsider or a removed admin cannot rewrite the cloud.
+Two admins editing at once produce two versions with the same number: every member keeps the
+one whose body hashes lower, so all converge on the same document.
+
+The encoding is canonical msgpack (sorted keys, no floats except times), bounded in size
+because it travels inside one protocol header.
+"""
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import blake3
+import msgpack
+
+from peercloud import textid
+from peercloud.cloud.classes import DEFAULT_CLASSES, StorageClass
+from peercloud.errors import FormatError, RefusedError, UsageError
+from peercloud.identity import PUBLIC_KEY_SIZE, Identity, PeerId
+
+FORMAT_VERSION = 1
+MAX_DOC_SIZE = 60 * 1024  # fits one protocol header with room to spare
+MAX_MEMBERS = 256
+MAX_TAGS = 8
+CLOUD_ID_SIZE = 16
+CLOUD_PREFIX = "cloud"
+INVITE_PREFIX = "pcinv1"
+ADMIN, MEMBER = "admin", "member"
+_SIGN_CONTEXT = b"peercloud cloud document v1\x00"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One peer of the cloud and what it offers."""
+
+    peer_id: PeerId
+    role: str
+    offer: int  # bytes of storage offered to the cloud
+    tags: tuple[tuple[str, str], ...] = ()
+    addresses: tuple[str, ...] = ()
+
+    def tag(self, key: str) -> str | None:
+        """The value of one tag (such as `site`), or None."""
+        return dict(self.tags).get(key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The member as it appears in the document."""
+        return {
+            "peer": self.peer_id.public_key,
+            "role": self.role,
+            "offer": self.offer,
+            "tags": {k: v for k, v in self.tags},
+            "addrs": list(self.addresses),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Member":
+        """Read and check one member entry."""
+        if not isinstance(d, dict):
+            raise FormatError("member entry is not a map")
+        peer, role, offer = d.get("peer"), d.get("role"), d.get("offer")
+        tags, addrs = d.get("tags", {}), d.get("addrs", [])
+        if not (isinstance(peer, bytes) and len(peer) == PUBLIC_KEY_SIZE):
+            raise FormatError("member peer key must be 32 bytes")
+        if role not in (ADMIN, MEMBER) or type(offer) is not int or offer < 0:
+            raise FormatError("member role or offer malformed")
+        if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+            raise FormatError("member tags malformed")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+            raise FormatError("member tags must be text")
+        if not isinstance(addrs, list) or len(addrs) > 8 or not all(isinstance(a, str) for a in addrs):
+            raise FormatError("member addresses malformed")
+        return cls(PeerId(peer), role, offer, tuple(sorted(tags.items())), tuple(addrs))
+
+
+def parse_tags(texts: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`site=home` style flags into sorted pairs."""
+    out: dict[str, str] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or len(key) > 32 or len(value) > 64:
+            raise UsageError(f"a tag is KEY=VALUE (short), got {text!r}")
+        out[key.strip()] = value.strip()
+    if len(out) > MAX_TAGS:
+        raise UsageError(f"at most {MAX_TAGS} tags")
+    return tuple(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class CloudDoc:
+    """One version of the cloud's membership and classes."""
+
+    cloud_id: bytes
+    name: str
+    seq: int
+    members: tuple[Member, ...]
+    classes: tuple[StorageClass, ...]
+    issued_at: float
+
+    @classmethod
+    def genesis(cls, name: str, founder: Member) -> "CloudDoc":
+        """Version 1 of a new cloud: the founder as its only admin, the default classes."""
+        if not 1 <= len(name) <= 64:
+            raise UsageError("a cloud name is 1-64 characters")
+        return cls(os.urandom(CLOUD_ID_SIZE), name, 1, (founder,), tuple(DEFAULT_CLASSES.values()), time.time())
+
+    def member(self, peer_id: PeerId) -> Member | None:
+        """The member entry of a peer, or None for outsiders."""
+        return next((m for m in self.members if m.peer_id == peer_id), None)
+
+    def is_admin(self, peer_id: PeerId) -> bool:
+        """True when the peer may sign new versions and invite."""
+        found = self.member(peer_id)
+        return found is not None and found.role == ADMIN
+
+    @property
+    def class_map(self) -> dict[str, StorageClass]:
+        """Classes by name, in document order."""
+        return {c.name: c for c in self.classes}
+
+    @property
+    def text_id(self) -> str:
+        """The cloud ID as users see it."""
+        return textid.encode(CLOUD_PREFIX, self.cloud_id)
+
+    def evolve(
+        self, members: Iterable[Member] | None = None, classes: Iterable[StorageClass] | None = None
+    ) -> "CloudDoc":
+        """The next version, with members or classes replaced."""
+        new_members = tuple(members) if members is not None else self.members
+        if len(new_members) > MAX_MEMBERS:
+            raise RefusedError(f"a cloud has at most {MAX_MEMBERS} members")
+        if not any(m.role == ADMIN for m in new_members):
+            raise RefusedError("the cloud would have no admin left")
+        return replace(
+            self,
+            seq=self.seq + 1,
+            members=new_members,
+            classes=tuple(classes) if classes is not None else self.classes,
+            issued_at=time.time(),
+        )
+
+    def with_member(self, member: Member) -> "CloudDoc":
+        """Next version with a member added or updated."""
+        return self.evolve([m for m in self.members if m.peer_id != member.peer_id] + [member])
+
+    def without_member(self, peer_id: PeerId) -> "CloudDoc":
+        """Next version without a member."""
+        return self.evolve(m for m in self.members if m.peer_id != peer_id)
+
+    def encode(self) -> bytes:
+        """Canonical bytes: what admins sign."""
+        body = {
+            "v": FORMAT_VERSION,
+            "cloud": self.cloud_id,
+            "name": self.name,
+            "seq": self.seq,
+            "members": [m.to_dict() for m in self.members],
+            "classes": [c.to_dict() for c in self.classes],
+            "issued": self.issued_at,
+        }
+        data: bytes = msgpack.packb(_sorted(body), use_bin_type=True)
+        if len(data) > MAX_DOC_SIZE:
+            raise RefusedError(f"the cloud document would exceed {MAX_DOC_SIZE} bytes")
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> "CloudDoc":
+        """Parse untrusted bytes; every field is checked."""
+        body = _unpack(data, "cloud document")
+        if body.get("v") != FORMAT_VERSION:
+            raise FormatError(f"cloud document version {body.get('v')!r} is not supported")
+        cloud, name, seq, issued = body.get("cloud"), body.get("name"), body.get("seq"), body.get("issued")
+        members, classes = body.get("members"), body.get("classes")
+        if not (isinstance(cloud, bytes) and len(cloud) == CLOUD_ID_SIZE):
+            raise FormatError("cloud ID malformed")
+        if not isinstance(name, str) or type(seq) is not int or seq < 1 or not isinstance(issued, float):
+            raise FormatError("cloud name, version or time malformed")
+        if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+            raise FormatError("cloud member list malformed")
+        if not isinstance(classes, list) or len(classes) > 64:
+            raise FormatError("cloud class list malformed")
+        doc = cls(
+            cloud,
+            name,
+            seq,
+            tuple(Member.from_dict(m) for m in members),
+            tuple(StorageClass.from_dict(c) for c in classes),
+            issued,
+        )
+        if len({m.peer_id for m in doc.members}) != len(doc.members) or len(doc.class_map) != len(doc.classes):
+            raise FormatError("cloud document lists a member or class twice")
+        if doc.encode() != data:
+            raise FormatError("cloud document is not in canonical form")
+        return doc
+
+
+@dataclass(frozen=True)
+class SignedDoc:
+    """A document version with the admin signature that makes it valid."""
+
+    doc: CloudDoc
+    body: bytes
+    signer: PeerId
+    signature: bytes
+
+    @classmethod
+    def create(cls, doc: CloudDoc, identity: Identity) -> "SignedDoc":
+        """Sign a version (the caller checks that `identity` is an admin)."""
+        body = doc.encode()
+        return cls(doc, body, identity.peer_id, identity.sign(_SIGN_CONTEXT + body))
+
+    def encode(self) -> bytes:
+        """Bytes for disk and the wire."""
+        data: bytes = msgpack.packb(
+            {"doc": self.body, "sig": self.signature, "signer": self.signer.public_key}, use_bin_type=True
+        )
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> "SignedDoc":
+        """Parse and check the signature; a tampered or forged document raises IntegrityError."""
+        outer = _unpack(data, "signed cloud document")
+        body, sig, signer = outer.get("doc"), outer.get("sig"), outer.get("signer")
+        if not (isinstance(body, bytes) and isinstance(sig, bytes) and isinstance(signer, bytes)):
+            raise FormatError("signed cloud document malformed")
+        if len(signer) != PUBLIC_KEY_SIZE or len(outer) != 3:
+            raise FormatError("signed cloud document malformed")
+        peer = PeerId(signer)
+        if not peer.verify(sig, _SIGN_CONTEXT + body):
+            raise FormatError("cloud document signature does not match: it was forged or altered")
+        doc = CloudDoc.decode(body)
+        if not doc.is_admin(peer):
+            raise FormatError(f"cloud document signed by {peer.short()}, who is not an admin in it")
+        return cls(doc, body, peer, sig)
+
+    @property
+    def digest(self) -> bytes:
+        """Hash of the body: breaks ties between versions with the same number."""
+        return blake3.blake3(self.body).digest()
+
+
+def supersedes(current: SignedDoc, new: SignedDoc) -> bool:
+    """Whether `new` should replace `current`; RefusedError when it may not, with the reason."""
+    if new.doc.cloud_id != current.doc.cloud_id:
+        raise RefusedError("cloud document belongs to another cloud")
+    if new.doc.seq < current.doc.seq or new.body == current.body:
+        return False
+    if not current.doc.is_admin(new.signer):
+        raise RefusedError(
+            f"cloud document version {new.doc.seq} is signed by {new.signer.short()}, who is not an admin of this cloud"
+        )
+    return new.doc.seq > current.doc.seq or new.digest < current.digest
+
+
+@dataclass(frozen=True)
+class Invite:
+    """A one-time invitation: where to find an admin, and the secret that admin will accept once."""
+
+    cloud_id: bytes
+    admin: PeerId
+    addresses: tuple[str, ...]
+    secret: bytes
+    expires: float | None
+
+    def __str__(self) -> str:
+        body: dict[str, Any] = {
+            "c": self.cloud_id,
+            "a": self.admin.public_key,
+            "h": list(self.addresses),
+            "s": self.secret,
+        }
+        if self.expires is not None:
+            body["e"] = self.expires
+        return textid.encode(INVITE_PREFIX, msgpack.packb(body, use_bin_type=True))
+
+    @classmethod
+    def parse(cls, text: str) -> "Invite":
+        """Read an invite token a user pasted."""
+        try:
+            raw = textid.decode(INVITE_PREFIX, text, None, "invite token")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        try:
+            body = _unpack(raw, "invite token")
+            cloud, admin, addrs, secret = body["c"], body["a"], body["h"], body["s"]
+            expires = body.get("e")
+            ok = (
+                isinstance(cloud, bytes)
+                and len(cloud) == CLOUD_ID_SIZE
+                and isinstance(admin, bytes)
+                and len(admin) == PUBLIC_KEY_SIZE
+                and isinstance(addrs, list)
+                and all(isinstance(a, str) for a in addrs)
+                and isinstance(secret, bytes)
+                and len(secret) == 32
+                and (expires is None or isinstance(expires, float))
+            )
+        except (FormatError, KeyError):
+            ok = False
+        if not ok:
+            raise UsageError("invite token malformed: ask the admin for a new one")
+        return cls(cloud, PeerId(admin), tuple(addrs), secret, expires)
+
+    @property
+    def secret_hash(self) -> bytes:
+        """What the admin stores: the token itself never touches its disk."""
+        return blake3.blake3(self.secret).digest()
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _unpack(data: bytes, what: str) -> dict[str, Any]:
+    if len(data) > MAX_DOC_SIZE + 256:
+        raise FormatError(f"{what} too large")
+    try:
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=4096,
+            max_bin_len=MAX_DOC_SIZE,
+            max_array_len=MAX_MEMBERS,
+            max_map_len=MAX_MEMBERS,
+            max_ext_len=0,
+        )
+    except Exception as e:  # msgpack raises many types for malformed input
+        raise FormatError(f"{what} is not valid msgpack: {type(e).__name__}") from None
+    if not isinstance(body, dict):
+        raise FormatError(f"{what} is not a map")
+    return body

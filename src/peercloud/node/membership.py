@@ -1,0 +1,297 @@
+"""This node's cloud: the signed document, invites, joining and leaving, and gossiping versions.
+
+The document is kept in the index; every change an admin makes is a new signed version sent to
+every connected member, and members forward what they accept, so a version reaches members who
+were offline as soon as they meet anyone who has it. Connections to all members are kept.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+
+from peercloud.cloud.classes import DEFAULT_CLASSES, StorageClass
+from peercloud.cloud.document import ADMIN, MEMBER, CloudDoc, Invite, Member, SignedDoc, parse_tags, supersedes
+from peercloud.errors import IntegrityError, NotFoundError, RefusedError, UsageError
+from peercloud.identity import Identity, PeerId
+from peercloud.net.link import Address, PeerError, PeerLink, dial
+from peercloud.store.index import Index
+from peercloud.swarm.peers import PeerManager
+from peercloud.wire import messages as m
+
+log = logging.getLogger(__name__)
+JOIN_TIMEOUT = 15.0
+
+
+class Membership:
+    """Holds the cloud document and acts on it; one per daemon."""
+
+    def __init__(
+        self, identity: Identity, index: Index, peers: PeerManager, listening: Callable[[], list[str]]
+    ) -> None:
+        self.identity = identity
+        self.index = index
+        self.peers = peers
+        self.listening = listening
+        self.rejected = 0  # versions refused (forged, tampered, signed by a non-admin)
+        raw = index.cloud_doc()
+        self.signed: SignedDoc | None = SignedDoc.decode(raw) if raw else None
+        self.changed = asyncio.Event()
+
+    @property
+    def doc(self) -> CloudDoc | None:
+        """The current document, or None outside any cloud."""
+        return self.signed.doc if self.signed else None
+
+    def require(self) -> CloudDoc:
+        """The document, or an error telling the user how to get into a cloud."""
+        if self.signed is None:
+            raise NotFoundError(
+                "this node is in no cloud: `peercloud cloud create NAME` or `peercloud cloud join TOKEN`"
+            )
+        return self.signed.doc
+
+    def require_admin(self) -> CloudDoc:
+        """The document, when this node may change it."""
+        doc = self.require()
+        if not doc.is_admin(self.identity.peer_id):
+            raise RefusedError("only an admin of the cloud can do this; this node is a member")
+        return doc
+
+    def is_member(self, peer_id: PeerId | None) -> bool:
+        """True for members of this node's cloud (never for outsiders or when in no cloud)."""
+        return peer_id is not None and self.doc is not None and self.doc.member(peer_id) is not None
+
+    @property
+    def classes(self) -> dict[str, StorageClass]:
+        """The classes in force: the cloud's, or the defaults outside a cloud."""
+        return self.doc.class_map if self.doc else dict(DEFAULT_CLASSES)
+
+    def start(self) -> None:
+        """Connect to every member."""
+        if self.doc is not None:
+            self._connect(self.doc.members)
+
+    # -- admin actions
+
+    def create(self, name: str, offer: int, tags: Iterable[str]) -> CloudDoc:
+        """Found a cloud with this node as its admin."""
+        if self.signed is not None:
+            raise UsageError(f"this node is already in cloud {self.signed.doc.name!r}; leave it first")
+        me = Member(self.identity.peer_id, ADMIN, offer, parse_tags(tags), tuple(self._addresses()))
+        self._store(SignedDoc.create(CloudDoc.genesis(name, me), self.identity))
+        return self.require()
+
+    def invite(self, expires_in: float | None) -> Invite:
+        """A one-time token another peer can join with."""
+        doc = self.require_admin()
+        secret = os.urandom(32)
+        expires = time.time() + expires_in if expires_in is not None else None
+        invite = Invite(doc.cloud_id, self.identity.peer_id, tuple(self._addresses()), secret, expires)
+        self.index.add_invite(invite.secret_hash, expires)
+        return invite
+
+    def remove(self, peer_id: PeerId) -> CloudDoc:
+        """Take a member out of the cloud (admin only)."""
+        doc = self.require_admin()
+        if doc.member(peer_id) is None:
+            raise NotFoundError(f"{peer_id} is not a member of this cloud")
+        self.publish(doc.without_member(peer_id))
+        return self.require()
+
+    def set_classes(self, classes: Iterable[StorageClass]) -> CloudDoc:
+        """Replace the class list (admin only)."""
+        self.publish(self.require_admin().evolve(classes=classes))
+        return self.require()
+
+    def publish(self, doc: CloudDoc) -> None:
+        """Sign a new version, keep it, and send it to every connected member."""
+        self._store(SignedDoc.create(doc, self.identity))
+
+    # -- joining and leaving
+
+    async def join(self, token: str, offer: int, tags: Iterable[str]) -> CloudDoc:
+        """Present an invite to its admin; on success this node is a member."""
+        if self.signed is not None:
+            raise UsageError(f"this node is already in cloud {self.signed.doc.name!r}; leave it first")
+        invite = Invite.parse(token)
+        if invite.expires is not None and time.time() > invite.expires:
+            raise RefusedError("this invite has expired: ask the admin for a new one")
+        link = await self._reach(invite.admin, invite.addresses)
+        tag_texts = tuple(f"{k}={v}" for k, v in parse_tags(tags))
+        request = m.Join(link.next_id(), invite.cloud_id, invite.secret, offer, tag_texts, tuple(self.listening()))
+        try:
+            answer = await link.call(request, JOIN_TIMEOUT)
+        except PeerError as e:
+            raise RefusedError(f"the admin refused: {e}") from None
+        finally:
+            if self.peers.links.get(invite.admin) is not link:
+                link.close("joined")
+        assert isinstance(answer.message, m.Ok)
+        try:
+            signed = SignedDoc.decode(answer.message.doc)
+        except IntegrityError as e:
+            raise RefusedError(f"the admin sent an invalid cloud document: {e}") from None
+        doc = signed.doc
+        if (
+            doc.cloud_id != invite.cloud_id
+            or signed.signer != invite.admin
+            or doc.member(self.identity.peer_id) is None
+        ):
+            raise RefusedError("the admin's answer does not admit this node to the invited cloud")
+        self._store(signed)
+        return doc
+
+    async def leave(self) -> None:
+        """Leave the cloud: an admin signs itself out, a member asks a connected admin."""
+        doc = self.require()
+        me = self.identity.peer_id
+        if doc.is_admin(me):
+            if len(doc.members) > 1 and sum(1 for x in doc.members if x.role == ADMIN) == 1:
+                raise RefusedError("you are the only admin: make another member admin first, or remove the others")
+            if len(doc.members) > 1:
+                self.publish(doc.without_member(me))
+        else:
+            admins = [x.peer_id for x in doc.members if x.role == ADMIN and x.peer_id in self.peers.links]
+            if not admins:
+                raise RefusedError("no admin is online to sign you out; try again when one is")
+            link = self.peers.links[admins[0]]
+            try:
+                await link.call(m.Leave(link.next_id(), doc.cloud_id), JOIN_TIMEOUT)
+            except PeerError as e:
+                raise RefusedError(f"the admin refused: {e}") from None
+        self._forget()
+
+    # -- peers' requests and gossip
+
+    async def on_request(self, link: PeerLink, msg: m.Message) -> None:
+        """Join and Leave requests from peers."""
+        peer = link.peer_id
+        assert peer is not None
+        try:
+            if isinstance(msg, m.Join):
+                self._admit(link, peer, msg)
+                assert self.signed is not None
+                link.respond(msg.id, m.Ok(msg.id, self.signed.encode()))
+            elif isinstance(msg, m.Leave):
+                doc = self.require_admin()
+                if msg.cloud != doc.cloud_id or doc.member(peer) is None:
+                    raise RefusedError("not a member of this cloud")
+                self.publish(doc.without_member(peer))
+                link.respond(msg.id, m.Ok(msg.id))
+        except (RefusedError, NotFoundError, UsageError) as e:
+            log.warning("refused %s from %s: %s", msg.TYPE, peer.short(), e)
+            link.respond(getattr(msg, "id", 0), m.Error(getattr(msg, "id", 0), "refused", str(e)))
+
+    def _admit(self, link: PeerLink, peer: PeerId, msg: m.Join) -> None:
+        doc = self.require_admin()
+        if msg.cloud != doc.cloud_id:
+            raise RefusedError("this invite is for another cloud")
+        problem = self.index.use_invite(Invite(doc.cloud_id, peer, (), msg.secret, None).secret_hash, peer.public_key)
+        if problem:
+            raise RefusedError(problem)
+        existing = doc.member(peer)
+        observed = Address.parse(link.remote).host if link.remote != "?" else ""
+        addresses = tuple(_advertised(a, observed) for a in msg.listen[:8])
+        member = Member(peer, existing.role if existing else MEMBER, msg.offer, parse_tags(msg.tags), addresses)
+        self.publish(doc.with_member(member))
+        log.info("admitted %s to cloud %r", peer.short(), doc.name)
+
+    def on_link(self, link: PeerLink) -> None:
+        """A member connected: send it our version of the document."""
+        if self.signed is not None and self.is_member(link.peer_id):
+            link.notify(m.CloudDoc(self.signed.encode()))
+
+    def on_gossip(self, link: PeerLink, msg: m.CloudDoc) -> None:
+        """A member sent its version: keep it when it is valid and newer."""
+        if self.signed is None:
+            return  # outside a cloud, documents come only with a join
+        try:
+            new = SignedDoc.decode(msg.doc)
+            if not supersedes(self.signed, new):
+                if new.doc.cloud_id == self.signed.doc.cloud_id and new.body != self.signed.body:
+                    link.notify(m.CloudDoc(self.signed.encode()))  # it is behind: help it catch up
+                return
+        except (IntegrityError, RefusedError) as e:
+            self.rejected += 1
+            log.warning("refused cloud document from %s: %s", link.peer_id.short() if link.peer_id else "?", e)
+            return
+        if new.doc.member(self.identity.peer_id) is None:
+            log.warning("removed from cloud %r by %s", new.doc.name, new.signer.short())
+            self._forget()
+            return
+        self._store(new)
+
+    # -- internals
+
+    def _store(self, signed: SignedDoc) -> None:
+        old = self.doc
+        self.index.set_cloud_doc(signed.encode())
+        self.signed = signed
+        for link in list(self.peers.links.values()):
+            if self.is_member(link.peer_id):
+                link.notify(m.CloudDoc(signed.encode()))
+        if old is not None:
+            for gone in {x.peer_id for x in old.members} - {x.peer_id for x in signed.doc.members}:
+                self.peers.drop(gone)
+                stale = self.peers.links.get(gone)
+                if stale is not None and not any(raw == gone.public_key for raw, _ in self.index.peers()):
+                    stale.close("no longer a member of the cloud")
+        self._connect(signed.doc.members)
+        self.changed.set()
+
+    def _forget(self) -> None:
+        doc = self.doc
+        self.index.set_cloud_doc(None)
+        self.signed = None
+        if doc is not None:
+            for x in doc.members:
+                self.peers.drop(x.peer_id)
+        self.changed.set()
+
+    def _connect(self, members: Iterable[Member]) -> None:
+        for x in members:
+            if x.peer_id != self.identity.peer_id and x.addresses:
+                self.peers.ensure(x.peer_id, x.addresses[0])
+
+    async def _reach(self, peer: PeerId, addresses: Iterable[str]) -> PeerLink:
+        existing = self.peers.links.get(peer)
+        if existing is not None:
+            return existing
+        errors = []
+        for text in addresses:
+            try:
+                return await dial(
+                    Address.parse(text),
+                    self.identity,
+                    self.peers.hello,
+                    self.peers.on_request,
+                    expected_peer=peer,
+                    on_notice=self.peers.on_notice,
+                )
+            except PeerError as e:
+                errors.append(str(e))
+        raise RefusedError(f"cannot reach the admin {peer.short()}: {'; '.join(errors) or 'no address in the invite'}")
+
+    def _addresses(self) -> list[str]:
+        return [_advertised(a, _outbound_ip()) for a in self.listening()]
+
+
+def _advertised(text: str, observed: str) -> str:
+    """A listen address others can dial: an unspecified host becomes the observed one."""
+    address = Address.parse(text)
+    if address.host in ("0.0.0.0", "::", "") and observed:
+        address = Address(observed, address.port)
+    return str(address)
+
+
+def _outbound_ip() -> str:
+    """This machine's address on its default route (no packet is sent), else loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
