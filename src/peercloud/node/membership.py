@@ -179,8 +179,8 @@ class Membership:
                 doc = self.require_admin()
                 if msg.cloud != doc.cloud_id or doc.member(peer) is None:
                     raise RefusedError("not a member of this cloud")
+                link.respond(msg.id, m.Ok(msg.id))  # before publishing: that closes the leaver's link
                 self.publish(doc.without_member(peer))
-                link.respond(msg.id, m.Ok(msg.id))
         except (RefusedError, NotFoundError, UsageError) as e:
             log.warning("refused %s from %s: %s", msg.TYPE, peer.short(), e)
             link.respond(getattr(msg, "id", 0), m.Error(getattr(msg, "id", 0), "refused", str(e)))

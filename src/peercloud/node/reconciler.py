@@ -148,10 +148,13 @@ class Reconciler:
         self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], now: float
     ) -> dict[bytes, set[int]]:
         out = {}
+        failed = {h.peer_id for _, h in self.service.node.index.holdings(object_id) if h.failed_at is not None}
         for (oid, peer), (cols, since) in list(self.pending.items()):
             if oid != object_id:
                 continue
-            if cols <= holders.get(peer, set()) or peer not in online or now - since > PENDING_TIMEOUT:
+            if peer in failed:
+                self.refused[(oid, peer)] = now  # it said yes, then could not prove it: ask others
+            if cols <= holders.get(peer, set()) or peer not in online or peer in failed or now - since > PENDING_TIMEOUT:
                 del self.pending[(oid, peer)]
             else:
                 out[peer] = cols

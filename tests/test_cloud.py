@@ -1,0 +1,198 @@
+"""The cloud with real daemons on loopback: membership, placement, the ledger, repair, pin/unpin."""
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercloud.cloud.document import MEMBER, Invite, Member, SignedDoc
+from peercloud.identity import Identity
+from peercloud.net.link import Address, PeerError, PeerLink, dial
+from peercloud.wire import messages as m
+
+from .daemons import Daemon, start_daemon, wait_for
+
+Start = Callable[..., Daemon]
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Start]:
+    started: dict[str, Daemon] = {}
+
+    def start(name: str, port: int = 0) -> Daemon:
+        d = start_daemon(tmp_path / name, port)
+        started[name] = d
+        return d
+
+    yield start
+    for d in started.values():
+        code = d.stop()
+        assert code in (0, -9), (d.home / "daemon.log").read_text()
+
+
+def invite(admin: Daemon, *args: str) -> str:
+    return admin.cli("cloud", "invite", *args).stdout.strip().splitlines()[-1]
+
+
+def make_cloud(start: Start, size: int, offer: str = "10GiB") -> list[Daemon]:
+    admin = start("p0")
+    admin.cli("cloud", "create", "lab", "--offer", offer, "--tag", "site=s0")
+    peers = [admin]
+    for i in range(1, size):
+        d = start(f"p{i}")
+        d.cli("cloud", "join", invite(admin), "--offer", offer, "--tag", f"site=s{i}")
+        peers.append(d)
+    for d in peers:
+        wait_for(lambda d=d: all_online(d, size), what=f"{d.home.name} to see all {size} members online")
+    return peers
+
+
+def all_online(d: Daemon, size: int) -> bool:
+    members = d.json("cloud", "members")["members"]
+    return len(members) == size and all(x["online"] for x in members)
+
+
+def health(d: Daemon, object_id: str) -> Any:
+    return d.json("status", object_id)
+
+
+class Raw:
+    """A hand-driven peer (its own event loop thread) for what a real daemon would never send."""
+
+    def __init__(self, identity: Identity | None = None) -> None:
+        self.identity = identity or Identity.generate()
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.answer: Callable[[PeerLink, m.Message], None] = lambda lk, msg: None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def connect(self, d: Daemon) -> PeerLink:
+        async def go() -> PeerLink:
+            async def on_request(lk: PeerLink, msg: m.Message) -> None:
+                self.answer(lk, msg)
+
+            hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "cloud"), "raw")
+            return await dial(Address.parse(d.state["listen"][0]), self.identity, hello, on_request)
+
+        link: PeerLink = self.run(go())
+        return link
+
+    def call(self, link: PeerLink, make: Callable[[int], m.Request]) -> Any:
+        async def go() -> Any:
+            return await link.call(make(link.next_id()), 10)
+
+        return self.run(go())
+
+    def notify(self, link: PeerLink, msg: m.Notice) -> None:
+        self.loop.call_soon_threadsafe(link.notify, msg)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def test_membership_invites_and_refusals(daemons: Start) -> None:
+    admin, member = make_cloud(daemons, 2)
+    members = member.json("cloud", "members")
+    assert {x["role"] for x in members["members"]} == {"admin", "member"}
+    assert {x["tags"]["site"] for x in members["members"]} == {"s0", "s1"}
+    assert members["version"] == admin.json("cloud", "members")["version"] == 2
+    # A member cannot invite; a used or expired invite is refused; nothing changes.
+    refused = member.cli("cloud", "invite", check=False)
+    assert refused.returncode == 7 and "only an admin" in refused.stderr
+    used = invite(admin)
+    third = daemons("third")
+    assert third.cli("cloud", "join", used).returncode == 0
+    fourth = daemons("fourth")
+    again = fourth.cli("cloud", "join", used, check=False)
+    assert again.returncode == 7 and "already used" in again.stderr
+    expired = invite(admin, "--expires", "1ms")
+    late = fourth.cli("cloud", "join", expired, check=False)
+    assert late.returncode == 7 and "expired" in late.stderr
+    tampered = used[:-2] + ("a" if used[-2] != "a" else "b") + used[-1]
+    bad = fourth.cli("cloud", "join", tampered, check=False)
+    assert bad.returncode == 2 and "invite token" in bad.stderr
+    assert fourth.cli("cloud", "members", check=False).returncode == 3  # in no cloud
+    wait_for(lambda: len(member.json("cloud", "members")["members"]) == 3, what="gossip of the third member")
+    # The admin removes a member; a member leaves; every remaining member learns it.
+    admin.cli("cloud", "remove", third.peer_id)
+    wait_for(lambda: len(member.json("cloud", "members")["members"]) == 2, what="gossip of the removal")
+    wait_for(lambda: third.cli("cloud", "members", check=False).returncode == 3, what="the removed node to know")
+    member.cli("cloud", "leave")
+    assert len(admin.json("cloud", "members")["members"]) == 1
+    assert "lab" not in member.cli("cloud", "members", check=False).stdout
+
+
+def test_forged_documents_and_outsiders_are_refused(daemons: Start, make_file: Callable[..., Path]) -> None:
+    admin, member = make_cloud(daemons, 2)
+    before = admin.json("cloud", "members")
+    # An outsider cannot ask a member to store, pin or release anything.
+    raw = Raw()
+    try:
+        link = raw.connect(admin)
+        oid = os.urandom(32)
+        for make in (
+            lambda i: m.Place(i, oid, (0,), "replica-3"),
+            lambda i: m.Release(i, oid, (0,)),
+        ):
+            with pytest.raises(PeerError) as e:
+                raw.call(link, make)
+            assert e.value.code == "refused"
+        # Join with a made-up secret: refused, nothing changes.
+        current = SignedDoc.decode(bytes.fromhex(admin_doc_hex(admin)))
+        with pytest.raises(PeerError, match="not issued"):
+            raw.call(link, lambda i: m.Join(i, current.doc.cloud_id, os.urandom(32), 1))
+        # A member's key rewriting the document (making itself admin) and a tampered document.
+        member_key = Identity.load(member.home / "node.key")
+        mine = current.doc.with_member(Member(member_key.peer_id, "admin", 1, (), ("127.0.0.1:1",)))
+        raw.notify(link, m.CloudDoc(SignedDoc.create(mine, member_key).encode()))
+        tampered = bytearray(current.encode())
+        tampered[tampered.index(b"lab")] ^= 0x01  # inside the signed body
+        raw.notify(link, m.CloudDoc(bytes(tampered)))
+        wait_for(lambda: (admin.home / "daemon.log").read_text().count("refused cloud document") >= 2)
+    finally:
+        raw.close()
+    assert admin.json("cloud", "members") == before
+    log = (admin.home / "daemon.log").read_text()
+    assert "not an admin of this cloud" in log and "forged or altered" in log
+
+
+def admin_doc_hex(d: Daemon) -> str:
+    import sqlite3
+
+    db = sqlite3.connect(d.home / "index.sqlite")
+    try:
+        return bytes(db.execute("SELECT doc FROM cloud").fetchone()[0]).hex()
+    finally:
+        db.close()
+
+
+def test_placement_spreads_replicas_and_shares(daemons: Start, make_file: Callable[..., Path], tmp_path: Path) -> None:
+    peers = make_cloud(daemons, 5)
+    owner = peers[1]
+    rep = owner.json("add", str(make_file(3_000_000, name="r.bin")), "--class", "replica-3")
+    src = make_file(3_000_000, name="e.bin")
+    ec = owner.json("add", str(src), "--class", "ec-2+1")
+    for d in peers:
+        wait_for(lambda d=d: health(d, rep["object_id"])["health"] == "healthy", 60, f"replica-3 healthy on {d}")
+        wait_for(lambda d=d: health(d, ec["object_id"])["health"] == "healthy", 60, f"ec-2+1 healthy on {d}")
+    r = health(peers[3], rep["object_id"])
+    assert r["complete_copies"] == 3 and r["redundancy"]["available"] == 3
+    e = health(peers[3], ec["object_id"])
+    assert e["redundancy"] == {"available": 3, "target": 3, "needed": 2, "crowded": 1}
+    # Each share column sits on its own peer: three holders, none with more than one column.
+    holders = [h for h in e["holders"] if h["confirmed"]]
+    columns = [{i % 3 for i in h["confirmed"]} for h in holders]
+    assert len(holders) == 3 and all(len(c) == 1 for c in columns) and set().union(*columns) == {0, 1, 2}
+    summary = peers[4].json("status")
+    assert summary["counts"]["healthy"] == 2
+    out = tmp_path / "back.bin"
+    peers[4].json("get", ec["read_cap"], "-o", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    human = peers[0].cli("status", rep["object_id"]).stdout
+    assert "healthy" in human and "█" in human
