@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from peercloud.cloud.document import MEMBER, Invite, Member, SignedDoc
+from peercloud.cloud.document import Member, SignedDoc
 from peercloud.identity import Identity
 from peercloud.net.link import Address, PeerError, PeerLink, dial
 from peercloud.wire import messages as m
@@ -196,3 +196,170 @@ def test_placement_spreads_replicas_and_shares(daemons: Start, make_file: Callab
     assert out.read_bytes() == src.read_bytes()
     human = peers[0].cli("status", rep["object_id"]).stdout
     assert "healthy" in human and "█" in human
+
+
+def holders_with_copy(d: Daemon, object_id: str) -> list[str]:
+    status = health(d, object_id)
+    total = status["total_blocks"]
+    return [h["peer_id"] for h in status["holders"] if h["online"] and len(h["confirmed"]) == total]
+
+
+def test_two_losses_with_replica_3_stay_readable_and_heal(
+    daemons: Start, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    peers = make_cloud(daemons, 5)
+    peers[0].cli("class", "add", "fast-3", "--replicas", "3", "--grace", "1s")
+    src = make_file(4_000_000, name="precious.bin")
+    added = peers[2].json("add", str(src), "--class", "fast-3")
+    oid = added["object_id"]
+    wait_for(lambda: health(peers[0], oid)["health"] == "healthy", 60, "placement")
+    by_id = {d.peer_id: d for d in peers}
+    holding = holders_with_copy(peers[0], oid)
+    assert len(holding) == 3
+    gone = [by_id[p] for p in holding[:2]]
+    ports = {d.home.name: d.port for d in gone}
+    for d in gone:
+        assert d.stop() == 0
+    left = [d for d in peers if d not in gone]
+    watcher = left[0]
+    wait_for(lambda: health(watcher, oid)["health"] in ("at risk", "degraded"), 30, "the loss to show")
+    out = tmp_path / "still.bin"
+    left[-1].json("get", added["read_cap"], "-o", str(out))  # readable from the one copy left
+    assert out.read_bytes() == src.read_bytes()
+    wait_for(lambda: health(watcher, oid)["health"] == "healthy", 90, "repair to three online copies")
+    assert len(holders_with_copy(watcher, oid)) == 3
+    # The lost holders come back: the object is above its max of 3, and the extras are released.
+    for d in gone:
+        daemons(d.home.name, ports[d.home.name])
+    wait_for(lambda: all_online(watcher, 5), 30, "the holders to return")
+    wait_for(lambda: len(holders_with_copy(watcher, oid)) == 3, 90, "extras to be released")
+    assert health(watcher, oid)["health"] == "healthy"
+
+
+def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Callable[..., Path]) -> None:
+    peers = make_cloud(daemons, 5)
+    added = peers[1].json("add", str(make_file(3_000_000, name="wide.bin")), "--class", "ec-4+2")
+    oid = added["object_id"]
+
+    def settled() -> bool:
+        s = health(peers[0], oid)
+        proved = sum(len(h["confirmed"]) for h in s["holders"])
+        return s["health"] == "healthy" and proved == s["total_blocks"]  # every share once: extras released
+
+    wait_for(settled, 60, "ec-4+2 placement to settle")
+    s = health(peers[0], oid)
+    assert s["redundancy"]["crowded"] == 2 and "one peer" in s["note"]  # 6 shares on 5 peers, and it says so
+    holders = [h["peer_id"] for h in s["holders"] if h["confirmed"] and not h["self"]]
+    victims = [d for d in peers if d.peer_id in holders][:3]
+    for d in victims:
+        assert d.stop() == 0
+    survivor = next(d for d in peers if d not in victims)
+    wait_for(lambda: health(survivor, oid)["health"] == "lost", 30, "the object to be reported lost")
+    assert survivor.json("status")["counts"]["lost"] == 1
+
+
+class Liar(Raw):
+    """A member that says yes to every placement, claims every block, and proves nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.audited = 0
+
+        def answer(lk: PeerLink, msg: m.Message) -> None:
+            if isinstance(msg, m.Place):
+                lk.respond(msg.id, m.Ok(msg.id))
+            elif isinstance(msg, m.Audit):
+                self.audited += 1
+                lk.respond(msg.id, m.Proof(msg.id, msg.block, msg.leaf, (os.urandom(32),)), os.urandom(100))
+            elif isinstance(msg, m.GetBlock):
+                lk.respond(msg.id, m.BlockData(msg.id, msg.block), os.urandom(1000))
+
+        self.answer = answer
+
+
+def test_a_member_lying_in_have_counts_for_nothing(
+    daemons: Start, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    peers = make_cloud(daemons, 3)
+    admin = peers[0]
+    admin.cli("class", "add", "fast-2", "--replicas", "2", "--grace", "1s")
+    liar = Liar()
+    try:
+        link = liar.connect(admin)
+        token = invite(admin)
+        from peercloud.cloud.document import Invite
+
+        inv = Invite.parse(token)
+        liar.call(link, lambda i: m.Join(i, inv.cloud_id, inv.secret, 10**12))
+        links = [link] + [liar.connect(d) for d in peers[1:]]
+        src = make_file(3_000_000, name="x.bin")
+        added = peers[1].json("add", str(src), "--class", "fast-2")
+        oid = added["object_id"]
+        total = added["blocks"] - 1
+        for lk in links:
+            liar.notify(lk, m.Have(bytes.fromhex(oid), b"\xff" * ((total + 7) // 8)))
+        wait_for(lambda: health(admin, oid)["health"] == "healthy", 60, "placement on real members")
+
+        def liar_row(d: Daemon) -> Any:
+            return next(h for h in health(d, oid)["holders"] if h["peer_id"] == str(liar.identity.peer_id))
+
+        wait_for(lambda: liar_row(admin)["failed_audit"], 30, "the liar to fail an audit")
+        row = liar_row(admin)
+        assert row["percent"] == 100.0 and row["confirmed"] == []  # claimed everything, proved nothing
+        assert health(admin, oid)["complete_copies"] == 2  # the two real copies, not three
+        # A holder goes away: repair treats the liar's blocks as missing and copies to a real member.
+        real = holders_with_copy(admin, oid)
+        victim = next(d for d in peers if d.peer_id in real and d is not admin)
+        assert victim.stop() == 0
+        rest = [d for d in peers if d is not victim]
+        watcher = rest[0]
+        wait_for(lambda: len(holders_with_copy(watcher, oid)) == 2, 90, "repair onto a real member")
+        assert str(liar.identity.peer_id) not in holders_with_copy(watcher, oid)
+        out = tmp_path / "back.bin"
+        rest[1].json("get", added["read_cap"], "-o", str(out))  # fetches fail over from the liar
+        assert out.read_bytes() == src.read_bytes()
+        assert liar.audited > 0
+    finally:
+        liar.close()
+
+
+def test_pin_adds_a_copy_and_unpin_respects_the_class(daemons: Start, make_file: Callable[..., Path]) -> None:
+    peers = make_cloud(daemons, 4)
+    added = peers[1].json("add", str(make_file(2_000_000, name="p.bin")), "--class", "replica-2")
+    oid = added["object_id"]
+    wait_for(lambda: len(holders_with_copy(peers[0], oid)) == 2, 60, "two copies")
+    holding = holders_with_copy(peers[0], oid)
+    outsider_of_copy = next(d for d in peers if d.peer_id not in holding)
+    outsider_of_copy.json("pin", added["verify_cap"])
+    wait_for(lambda: health(peers[0], oid)["complete_copies"] == 3, 30, "the pin to count")
+    pinned = next(h for h in health(peers[0], oid)["holders"] if h["peer_id"] == outsider_of_copy.peer_id)
+    assert pinned["pinned"] is True
+    # The pin is an extra: the cloud does not release a placed copy because of it.
+    assert len([p for p in holders_with_copy(peers[0], oid) if p in holding]) == 2
+    outsider_of_copy.json("unpin", oid)
+    wait_for(lambda: health(peers[0], oid)["complete_copies"] == 2, 30, "the unpin to count")
+    holder = next(d for d in peers if d.peer_id == holding[0])
+    refused = holder.cli("unpin", oid, check=False)
+    assert refused.returncode == 7 and "below" in refused.stderr
+    assert health(peers[0], oid)["complete_copies"] == 2
+
+
+def test_restarting_every_daemon_keeps_cloud_and_ledger(daemons: Start, make_file: Callable[..., Path]) -> None:
+    peers = make_cloud(daemons, 3)
+    peers[0].cli("class", "add", "pair", "--replicas", "2", "--max", "3", "--spread", "site")
+    added = peers[1].json("add", str(make_file(2_000_000, name="k.bin")), "--class", "pair")
+    oid = added["object_id"]
+    wait_for(lambda: len(holders_with_copy(peers[2], oid)) == 3, 60, "growth to the max of 3")
+    before = peers[2].json("cloud", "members")
+    ports = {d.home.name: d.port for d in peers}
+    for d in peers:
+        assert d.stop() == 0
+    again = [daemons(name, port) for name, port in ports.items()]
+    for d in again:
+        wait_for(lambda d=d: all_online(d, 3), 30, "members to reconnect")
+    after = again[2].json("cloud", "members")
+    assert after["version"] == before["version"] and after["classes"] == before["classes"]
+    assert [x["peer_id"] for x in after["members"]] == [x["peer_id"] for x in before["members"]]
+    status = health(again[2], oid)
+    assert status["class"] == "pair" and len(status["holders"]) == 3  # the ledger survived the restart
+    wait_for(lambda: health(again[2], oid)["health"] == "healthy", 30, "healthy again")

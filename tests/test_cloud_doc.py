@@ -42,7 +42,7 @@ def test_tampered_or_forged_documents_are_refused() -> None:
     outsider = Identity.generate()
     with pytest.raises(IntegrityError, match="not an admin in it"):
         SignedDoc.decode(SignedDoc.create(v2.doc.evolve(), outsider).encode())
-    other_admin, other = cloud()
+    _, other = cloud()
     with pytest.raises(RefusedError, match="another cloud"):
         supersedes(v1, other)
 

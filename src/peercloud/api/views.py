@@ -94,6 +94,7 @@ def object_status(status: ObjectStatus, record: ObjectRecord | None, note: str =
                 "blocks": list(h.blocks),
                 "confirmed": list(h.confirmed),
                 "failed_audit": h.failed_audit,
+                "pinned": h.pinned,
                 "updated_at": h.updated_at,
             }
             for h in status.holders

@@ -62,6 +62,7 @@ class Holder:
     confirmed: tuple[int, ...] = ()
     member: bool = True  # in this node's cloud (outsiders' copies are outside its control)
     failed_audit: bool = False
+    pinned: bool = False  # an extra copy its holder chose to keep
 
     def percent(self, total: int) -> float:
         """Share of the object's blocks this holder claims."""

@@ -81,15 +81,20 @@ class Reconciler:
         return time.time() - max(since, self.started)
 
     def holders(self, entry: CatalogEntry, doc: CloudDoc, grace: float, online: set[bytes]) -> dict[bytes, set[int]]:
-        """Members' proved full columns, counting those online or offline within the grace."""
+        """Members' proved full columns held for the cloud, online or offline within the grace.
+
+        Copies pinned by hand are extras on top of the class: placement neither counts nor
+        releases them (the ledger's health does count them).
+        """
         segments = entry.total_blocks // entry.n
         out: dict[bytes, set[int]] = {}
-        local = self.service.node.index.local_indexes(entry.object_id)
-        if local:
+        index = self.service.node.index
+        local = index.local_indexes(entry.object_id)
+        if local and not index.is_pinned(entry.object_id):
             out[self.me] = full_columns(local, entry.n, segments)
-        for _, h in self.service.node.index.holdings(entry.object_id):
-            if doc.member(PeerId(h.peer_id)) is None or h.failed_at is not None:
-                continue
+        for _, h in index.holdings(entry.object_id):
+            if doc.member(PeerId(h.peer_id)) is None or h.failed_at is not None or h.pinned:
+                continue  # outsiders, failed audits and copies pinned by hand are not the cloud's
             if h.peer_id not in online and self.offline_for(h.peer_id) > grace:
                 continue
             claimed = set(indexes_from_bitmap(h.bitmap, entry.total_blocks))
@@ -154,7 +159,12 @@ class Reconciler:
                 continue
             if peer in failed:
                 self.refused[(oid, peer)] = now  # it said yes, then could not prove it: ask others
-            if cols <= holders.get(peer, set()) or peer not in online or peer in failed or now - since > PENDING_TIMEOUT:
+            if (
+                cols <= holders.get(peer, set())
+                or peer not in online
+                or peer in failed
+                or now - since > PENDING_TIMEOUT
+            ):
                 del self.pending[(oid, peer)]
             else:
                 out[peer] = cols

@@ -150,19 +150,19 @@ class NodeService:
         total = (rec.total_blocks - 1) if rec else 0
         return bitmap_from_indexes(total, local)
 
-    def local_haves(self) -> list[tuple[bytes, bytes]]:
-        """(object, bitmap) for everything we hold some of, sent to each new link."""
+    def local_haves(self) -> list[tuple[bytes, bytes, bool]]:
+        """(object, bitmap, pinned) for everything we hold some of, sent to each new link."""
         out = []
         for rec in self.node.index.objects():
             bitmap = self.local_bitmap(rec.object_id)
             if bitmap is not None and rec.local_blocks:
-                out.append((rec.object_id, bitmap))
+                out.append((rec.object_id, bitmap, self.node.index.is_pinned(rec.object_id)))
         return out
 
     def _announce(self, object_id: bytes) -> None:
         bitmap = self.local_bitmap(object_id)
         if bitmap is not None:
-            self.peers.announce(object_id, bitmap)
+            self.peers.announce(object_id, bitmap, self.node.index.is_pinned(object_id))
 
     # -- operations
 
@@ -410,6 +410,7 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
                 tuple(i for i in claimed if i in proved),
                 doc is None or doc.member(pid) is not None,
                 h.failed_at is not None,
+                h.pinned,
             )
         )
     me = str(node.identity.peer_id)

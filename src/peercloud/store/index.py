@@ -87,6 +87,7 @@ CREATE INDEX holds_by_block ON holds(block_id);
 ALTER TABLE holdings ADD COLUMN confirmed BLOB NOT NULL DEFAULT x'';
 ALTER TABLE holdings ADD COLUMN checked_at REAL;
 ALTER TABLE holdings ADD COLUMN failed_at REAL;
+ALTER TABLE holdings ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
 """
 
 
@@ -119,6 +120,7 @@ class Holding:
     confirmed: bytes
     checked_at: float | None
     failed_at: float | None
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
@@ -317,8 +319,10 @@ class Index:
         """Peers to dial, oldest first."""
         return [(bytes(r[0]), str(r[1])) for r in self._query("SELECT peer_id, address FROM peers ORDER BY added_at")]
 
-    def set_holding(self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0) -> None:
-        """Record (part of) a peer's HAVE bitmap for one object."""
+    def set_holding(
+        self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0, pinned: bool = False
+    ) -> None:
+        """Record (part of) a peer's HAVE bitmap for one object, and whether it pinned it by hand."""
         with self.transaction() as db:
             row = db.execute(
                 "SELECT bitmap, confirmed FROM holdings WHERE peer_id = ? AND object_id = ?", (peer_id, object_id)
@@ -329,10 +333,10 @@ class Index:
             old[offset : offset + len(bitmap)] = bitmap
             confirmed = bytes(a & b for a, b in zip(bytes(row[1]), old, strict=False)) if row else b""
             db.execute(
-                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
-                " updated_at = excluded.updated_at, confirmed = excluded.confirmed",
-                (peer_id, object_id, bytes(old), time.time(), confirmed),
+                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed, pinned)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
+                " updated_at = excluded.updated_at, confirmed = excluded.confirmed, pinned = excluded.pinned",
+                (peer_id, object_id, bytes(old), time.time(), confirmed, pinned),
             )
 
     def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool) -> None:
@@ -349,10 +353,14 @@ class Index:
         """(object, holding) for every peer that announced blocks of this object (or of any)."""
         where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("", ())
         rows = self._query(
-            f"SELECT object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at FROM holdings {where}",
+            "SELECT object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned"
+            f" FROM holdings {where}",
             args,
         )
-        return [(bytes(r[0]), Holding(bytes(r[1]), bytes(r[2]), float(r[3]), bytes(r[4]), r[5], r[6])) for r in rows]
+        return [
+            (bytes(r[0]), Holding(bytes(r[1]), bytes(r[2]), float(r[3]), bytes(r[4]), r[5], r[6], bool(r[7])))
+            for r in rows
+        ]
 
     def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
         """(object, bitmap) for everything one peer announced."""

@@ -48,7 +48,7 @@ class PeerManager:
         hello: m.Hello,
         index: Index,
         on_request: RequestHandler,
-        local_haves: Callable[[], list[tuple[bytes, bytes]]],
+        local_haves: Callable[[], list[tuple[bytes, bytes, bool]]],
     ) -> None:
         self.identity = identity
         self.hello = hello
@@ -176,8 +176,8 @@ class PeerManager:
                 return
         self.links[pid] = link
         link.closed.add_done_callback(lambda _: self._unregister(link))
-        for object_id, bitmap in self.local_haves():
-            self._send_have(link, object_id, bitmap)
+        for object_id, bitmap, pinned in self.local_haves():
+            self._send_have(link, object_id, bitmap, pinned)
         if self.on_link is not None:
             self.on_link(link)
         self._changed.set()
@@ -212,20 +212,20 @@ class PeerManager:
             if len(announced) > MAX_HAVE_OBJECTS:
                 link.close(f"announced more than {MAX_HAVE_OBJECTS} objects")
                 return
-            self.index.set_holding(link.peer_id.public_key, msg.object, msg.bitmap, msg.offset)
+            self.index.set_holding(link.peer_id.public_key, msg.object, msg.bitmap, msg.offset, msg.pinned)
             self.have_version += 1
             self._changed.set()
 
-    def announce(self, object_id: bytes, bitmap: bytes) -> None:
-        """Tell every connected peer what we now hold of an object."""
+    def announce(self, object_id: bytes, bitmap: bytes, pinned: bool = False) -> None:
+        """Tell every connected peer what we now hold of an object (and whether we pinned it)."""
         for link in list(self.links.values()):
-            self._send_have(link, object_id, bitmap)
+            self._send_have(link, object_id, bitmap, pinned)
 
-    def _send_have(self, link: PeerLink, object_id: bytes, bitmap: bytes) -> None:
+    def _send_have(self, link: PeerLink, object_id: bytes, bitmap: bytes, pinned: bool) -> None:
         if link.conn.state is not State.OPEN:
             return
         for offset in range(0, max(1, len(bitmap)), m.HAVE_PIECE):
-            link.notify(m.Have(object_id, bitmap[offset : offset + m.HAVE_PIECE], offset))
+            link.notify(m.Have(object_id, bitmap[offset : offset + m.HAVE_PIECE], offset, pinned))
 
     def _keep(self, peer_id: PeerId, address: str) -> None:
         self._keepers[peer_id] = asyncio.get_running_loop().create_task(self._keeper(peer_id, address))

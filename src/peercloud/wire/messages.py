@@ -101,6 +101,7 @@ class Have(Message):
     object: bytes
     bitmap: bytes
     offset: int = 0
+    pinned: bool = False  # held by the sender's own choice: an extra copy placement neither counts nor releases
 
 
 @dataclass(frozen=True)
