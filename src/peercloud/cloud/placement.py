@@ -5,8 +5,9 @@ full by each replica holder, and an erasure-coded object has k+m columns that sh
 on a different peer. Pure functions: the reconciler feeds in the ledger and the members as this
 node sees them, and carries out the plan (targets *pull* their blocks from current holders).
 
-Choice of new holders, in order: a value of the class's spread tag not yet used by a holder,
-then the most free offered space, then the fewest placements already in flight.
+New holders are taken in `rank` order (most free offered space, then fewest placements in
+flight), skipping members whose value of the class's spread tag a holder already has; only
+when that leaves the class short of its minimum is a spread value doubled.
 """
 
 from collections.abc import Iterable, Mapping
@@ -16,6 +17,16 @@ import blake3
 
 from peercloud.cloud.classes import StorageClass
 
+Tags = tuple[tuple[str, str], ...]
+
+
+def tag_value(tags: Tags, key: str) -> str | None:
+    """One tag's value (such as the member's `site`), or None."""
+    for k, v in tags:
+        if k == key:
+            return v
+    return None
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -23,12 +34,8 @@ class Candidate:
 
     peer: bytes
     free: int  # offered bytes minus what the ledger says it holds
-    tags: tuple[tuple[str, str], ...] = ()
+    tags: Tags = ()
     load: int = 0  # placements asked of it and not yet done
-
-    def tag(self, key: str) -> str | None:
-        """One tag's value."""
-        return dict(self.tags).get(key) if key else None
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,11 @@ class Plan:
     place: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
     release: dict[bytes, tuple[int, ...]] = field(default_factory=dict)
     note: str = ""
+
+
+def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Order of preference for new holders; rank once per round, plan many objects with it."""
+    return sorted(candidates, key=lambda c: (-c.free, c.load, c.peer))
 
 
 def coordinator(object_id: bytes, peers: Iterable[bytes]) -> bytes | None:
@@ -61,70 +73,82 @@ def plan(
     column_bytes: int,
     holders: Mapping[bytes, set[int]],
     online: set[bytes],
-    candidates: Iterable[Candidate],
-    tags: Mapping[bytes, tuple[tuple[str, str], ...]] | None = None,
+    ranked: list[Candidate],
+    tags: Mapping[bytes, Tags] | None = None,
     pending: Mapping[bytes, set[int]] | None = None,
 ) -> Plan:
     """Plan one object.
 
     `holders`: peer → columns it proved in full, for members online or offline within the grace
-    period; `pending`: placements asked and not yet confirmed (they count as coming).
+    period; `ranked`: online members that may receive, from `rank`; `tags`: every member's tags;
+    `pending`: placements asked and not yet proved (they count as coming).
     """
-    pending = pending or {}
-    tag_of = {p: dict(t).get(cls.spread) for p, t in (tags or {}).items()} if cls.spread else {}
-    fits = [c for c in candidates if c.free >= column_bytes]
-    for c in fits:
-        tag_of.setdefault(c.peer, c.tag(cls.spread))
+    picker = _Picker(cls.spread, column_bytes, ranked, tags or {})
     if n == 1:
-        return _plan_replicas(cls, column_bytes, holders, online, fits, tag_of, pending)
-    return _plan_shares(cls, n, holders, online, fits, tag_of, pending)
+        return _plan_replicas(cls, holders, online, picker, pending or {})
+    return _plan_shares(cls, n, holders, online, picker, pending or {})
 
 
-def _best(options: list[Candidate], used_tags: set[str | None], tag_of: Mapping[bytes, str | None]) -> Candidate:
-    return min(options, key=lambda c: (tag_of.get(c.peer) in used_tags, -c.free, c.load, c.peer))
+class _Picker:
+    """Takes new holders in rank order, keeping the spread tag's values apart where it can."""
+
+    def __init__(self, spread: str, column_bytes: int, ranked: list[Candidate], tags: Mapping[bytes, Tags]) -> None:
+        self.spread = spread
+        self.column_bytes = column_bytes
+        self.ranked = ranked
+        self.tags = tags
+
+    def tag(self, peer: bytes) -> str | None:
+        return tag_value(self.tags.get(peer, ()), self.spread) if self.spread else None
+
+    def pick(self, taken: set[bytes], used: set[str | None], allow_same_tag: bool) -> Candidate | None:
+        fallback = None
+        for c in self.ranked:
+            if c.free < self.column_bytes or c.peer in taken:
+                continue
+            if not self.spread or tag_value(c.tags, self.spread) not in used:
+                return c
+            if allow_same_tag and fallback is None:
+                fallback = c
+        return fallback
 
 
 def _plan_replicas(
     cls: StorageClass,
-    column_bytes: int,
     holders: Mapping[bytes, set[int]],
     online: set[bytes],
-    fits: list[Candidate],
-    tag_of: Mapping[bytes, str | None],
+    picker: _Picker,
     pending: Mapping[bytes, set[int]],
 ) -> Plan:
     have = sorted(p for p, cols in holders.items() if 0 in cols)
-    coming = sorted(p for p, cols in pending.items() if 0 in cols and p not in have)
-    count = len(have) + len(coming)
+    coming = [p for p, cols in pending.items() if 0 in cols and p not in holders]
+    taken = {*have, *coming}
+    used = {picker.tag(p) for p in taken} if cls.spread else set()
     place: dict[bytes, tuple[int, ...]] = {}
-    release: dict[bytes, tuple[int, ...]] = {}
-    used = {tag_of.get(p) for p in [*have, *coming]} if tag_of else set()
-    options = [c for c in fits if c.peer not in have and c.peer not in coming]
-    while count < cls.maximum and options:
-        pick = _best(options, used, tag_of)
-        spread_ok = not tag_of or tag_of.get(pick.peer) not in used
-        if count >= cls.replicas and not spread_ok:
-            break  # grow beyond the minimum only where the spread holds
+    while len(taken) < cls.maximum:
+        # Beyond the minimum, grow only where the spread holds.
+        pick = picker.pick(taken, used, allow_same_tag=len(taken) < cls.replicas)
+        if pick is None:
+            break
         place[pick.peer] = (0,)
-        used.add(tag_of.get(pick.peer))
-        options.remove(pick)
-        count += 1
+        taken.add(pick.peer)
+        used.add(picker.tag(pick.peer))
     note = ""
-    if count < cls.replicas:
-        note = f"{cls.name} needs {cls.replicas} copies; only {count} members online have room"
+    if len(taken) < cls.replicas:
+        note = f"{cls.name} needs {cls.replicas} copies; only {len(taken)} members online have room"
+    release: dict[bytes, tuple[int, ...]] = {}
     extra = len(have) - cls.maximum
     if extra > 0 and not coming:
         # Release where a spread value is doubled first, then from the fullest members.
         seen: dict[str | None, int] = {}
         for p in have:
-            seen[tag_of.get(p)] = seen.get(tag_of.get(p), 0) + 1
-        free = {c.peer: c.free for c in fits}
+            seen[picker.tag(p)] = seen.get(picker.tag(p), 0) + 1
+        free = {c.peer: c.free for c in picker.ranked}
         ranked = sorted(
             (p for p in have if p in online),
-            key=lambda p: (seen.get(tag_of.get(p), 0) <= 1 or not tag_of, free.get(p, 0), p),
+            key=lambda p: (not cls.spread or seen[picker.tag(p)] <= 1, free.get(p, 0), p),
         )
-        for p in ranked[:extra]:
-            release[p] = (0,)
+        release = {p: (0,) for p in ranked[:extra]}
     return Plan(place, release, note)
 
 
@@ -133,10 +157,10 @@ def _plan_shares(
     n: int,
     holders: Mapping[bytes, set[int]],
     online: set[bytes],
-    fits: list[Candidate],
-    tag_of: Mapping[bytes, str | None],
+    picker: _Picker,
     pending: Mapping[bytes, set[int]],
 ) -> Plan:
+    # Keep one holder per column, preferring peers that hold few columns of this object.
     keeper: dict[int, bytes] = {}
     columns_of: dict[bytes, int] = {}
     for j in range(n):
@@ -146,35 +170,34 @@ def _plan_shares(
             chosen = min(held, key=lambda p: (columns_of.get(p, 0), len(holders.get(p, ())), p not in online))
             keeper[j] = chosen
             columns_of[chosen] = columns_of.get(chosen, 0) + 1
+    # Columns without a keeper, or sharing one, move to a peer that has none yet.
     place: dict[bytes, list[int]] = {}
-    crowded_ok = False
     for j in range(n):
         current = keeper.get(j)
         if current is not None and columns_of[current] == 1:
             continue
-        used_tags = {tag_of.get(p) for p in columns_of} if tag_of else set()
-        fresh = [c for c in fits if c.peer not in columns_of]
-        if fresh:
-            pick = _best(fresh, used_tags, tag_of)
-        elif current is None and fits:
-            pick = min(fits, key=lambda c: (columns_of.get(c.peer, 0), -c.free, c.load, c.peer))
-            crowded_ok = True
-        else:
+        used = {picker.tag(p) for p in columns_of if columns_of[p]} if picker.spread else set()
+        pick = picker.pick(set(columns_of), used, allow_same_tag=True)
+        if pick is None and current is None:
+            # The cloud is too small: double up on the member with the fewest columns.
+            roomy = [c for c in picker.ranked if c.free >= picker.column_bytes]
+            pick = min(roomy, key=lambda c: columns_of.get(c.peer, 0), default=None)
+        if pick is None:
             continue
         if current is not None:
             columns_of[current] -= 1
         keeper[j] = pick.peer
         columns_of[pick.peer] = columns_of.get(pick.peer, 0) + 1
         place.setdefault(pick.peer, []).append(j)
+    # Copies beyond the keeper are released once the keeper has proved its column.
     release: dict[bytes, list[int]] = {}
     for j, owner in keeper.items():
         if j not in holders.get(owner, set()) or owner not in online:
-            continue  # the keeper has not proved it yet: keep the other copies meanwhile
+            continue
         for p, cols in holders.items():
             if p != owner and j in cols and p in online:
                 release.setdefault(p, []).append(j)
-    missing = n - len(keeper)
     note = ""
-    if missing or crowded_ok or any(v > 1 for v in columns_of.values()):
+    if len(keeper) < n or any(v > 1 for v in columns_of.values()):
         note = f"{cls.name} wants its {n} shares on {n} different peers; fewer members online have room"
     return Plan({p: tuple(c) for p, c in place.items()}, {p: tuple(c) for p, c in release.items()}, note)

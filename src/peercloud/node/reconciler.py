@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from peercloud.cloud.document import CloudDoc
 from peercloud.cloud.ledger import indexes_from_bitmap
-from peercloud.cloud.placement import Candidate, coordinator, plan
+from peercloud.cloud.placement import Candidate, coordinator, plan, rank
 from peercloud.errors import PeercloudError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
@@ -124,30 +124,38 @@ class Reconciler:
         now = time.time()
         online = self.online(doc)
         catalog = self.service.node.index.catalog()
-        used = self.used(catalog)
+        sizes = {e.object_id: column_bytes(e) for e in catalog}
+        ranked = rank(self._candidates(doc, online, catalog, sizes))
+        tags = {x.peer_id.public_key: x.tags for x in doc.members}
         for entry in catalog:
             cls = doc.class_map.get(entry.storage_class)
             if cls is None or coordinator(entry.object_id, online) != self.me:
                 continue
             holders = self.holders(entry, doc, cls.grace, online)
             pending = self._pending(entry.object_id, holders, online, now)
-            size = column_bytes(entry)
-            load: dict[bytes, int] = {}
-            for (_, peer), (cols, _) in self.pending.items():
-                load[peer] = load.get(peer, 0) + len(cols)
-            candidates = []
-            for x in doc.members:
-                p = x.peer_id.public_key
-                if p in online and now - self.refused.get((entry.object_id, p), 0.0) > REFUSED_PAUSE:
-                    free = x.offer - used.get(p, 0) - load.get(p, 0) * size
-                    candidates.append(Candidate(p, free, x.tags, load.get(p, 0)))
-            tags = {x.peer_id.public_key: x.tags for x in doc.members}
-            decision = plan(cls, entry.n, size, holders, online, candidates, tags, pending)
+            willing = [c for c in ranked if now - self.refused.get((entry.object_id, c.peer), 0.0) > REFUSED_PAUSE]
+            decision = plan(cls, entry.n, sizes[entry.object_id], holders, online, willing, tags, pending)
             self.notes[entry.object_id] = decision.note
             for peer, placed in decision.place.items():
                 await self._place(entry, peer, placed, now)
             for peer, released in decision.release.items():
                 await self._release(entry, peer, released)
+
+    def _candidates(
+        self, doc: CloudDoc, online: set[bytes], catalog: list[CatalogEntry], sizes: dict[bytes, int]
+    ) -> list[Candidate]:
+        """Online members with their free offered space, less what placements in flight will take."""
+        used = self.used(catalog)
+        load: dict[bytes, int] = {}
+        for (oid, peer), (cols, _) in self.pending.items():
+            load[peer] = load.get(peer, 0) + len(cols)
+            used[peer] = used.get(peer, 0) + sizes.get(oid, 0) * len(cols)
+        out = []
+        for x in doc.members:
+            p = x.peer_id.public_key
+            if p in online:
+                out.append(Candidate(p, x.offer - used.get(p, 0), x.tags, load.get(p, 0)))
+        return out
 
     def _pending(
         self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], now: float

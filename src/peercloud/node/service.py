@@ -304,7 +304,7 @@ class NodeService:
         n = manifest.coding.n
         blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in shares if j < n]
         self.node.index.hold(object_id, [*blocks, object_id])
-        self._record(manifest, object_id.hex()[:12], None, pin=False)
+        self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
         groups = [fetch.Group([b], 1) for b in dict.fromkeys(blocks) if not self.node.store.has(b)]
         await fetch.fetch(self.peers, self.node.store, groups, self._holders(manifest))
         self._announce(object_id)
