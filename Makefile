@@ -29,6 +29,8 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/add_get.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/repair.py
+	$(BIN)/python bench/placement_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
