@@ -96,9 +96,7 @@ def main() -> None:
     print(f"{args.members} members, {args.objects:,} objects ({args.segments} segments each), median of {args.runs}")
     print(f"placement for all: {p:6.2f} s  ({p / TARGET:.2f} of the {TARGET:.0f} s target)")
     print(f"health for all:    {h:6.2f} s  ({h / TARGET:.2f} of the {TARGET:.0f} s target)  {counts}")
-    print(
-        f"memory (peak RSS): {before:.0f} MiB at start, {built:.0f} MiB with the ledger built, {peak:.0f} MiB at end"
-    )
+    print(f"memory (peak RSS): {before:.0f} MiB at start, {built:.0f} MiB with the ledger built, {peak:.0f} MiB at end")
 
 
 if __name__ == "__main__":
