@@ -169,9 +169,11 @@ def object_status(
     n: int = 1,
     storage_class: StorageClass | None = None,
     size: int = 0,
+    pinned_here: bool = False,
 ) -> ObjectStatus:
     """Build the status from our own blocks (proved by our store) and peers' holdings."""
     mine = tuple(local)
-    holders = [Holder(self_id, mine, True, True, None, mine)] if mine or total_blocks == 0 else []
+    me = Holder(self_id, mine, True, True, None, mine, pinned=pinned_here)
+    holders = [me] if mine or total_blocks == 0 else []
     holders += [h for h in peers if h.blocks]
     return ObjectStatus(object_id, total_blocks, tuple(holders), k, n, storage_class, size)

@@ -414,4 +414,5 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
             )
         )
     me = str(node.identity.peer_id)
-    return object_status(object_id, total, me, local, holders, k, n, classes.get(class_name), size)
+    cls = classes.get(class_name)
+    return object_status(object_id, total, me, local, holders, k, n, cls, size, node.index.is_pinned(object_id))
