@@ -123,7 +123,7 @@ class PeerLink(asyncio.BufferedProtocol):
 
     # -- API
 
-    async def get_block(self, block_id: bytes, timeout: float | None = None) -> bytes:
+    async def get_block(self, block_id: bytes, timeout: float | None = None) -> bytes | memoryview:
         """Fetch one block's bytes (unverified: the caller checks them against the ID)."""
         return (await self.call(m.GetBlock(self.conn.new_id(), block_id), timeout)).payload
 

@@ -142,7 +142,7 @@ async def audit(link: PeerLink, manifest: Manifest, h: Holding) -> bool | None:
         proof = response.message
         assert isinstance(proof, m.Proof)
         if proof.leaf != leaf or not merkle.verify_proof(
-            block_id, size, merkle.LeafProof(leaf, response.payload, proof.path)
+            block_id, size, merkle.LeafProof(leaf, bytes(response.payload), proof.path)
         ):
             return False
     return True

@@ -76,7 +76,7 @@ class Response(Event):
 
     request_id: int
     message: m.Message
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
 
 
 @dataclass(frozen=True)
@@ -264,7 +264,7 @@ class PeerConnection:
     def _finish(self, reason: str, error: bool) -> None:
         self.state = State.CLOSED
         self._outstanding.clear()
-        self._inbuf.clear()
+        self._inbuf = bytearray()  # rebind: _process may still hold a view of the old one
         self._events.append(Closed(reason, error))
 
     def _send_handshake(self, msg: bytes) -> None:
@@ -344,12 +344,24 @@ class PeerConnection:
                 self._open()
         if self.state is not State.OPEN:
             return
+        # Decrypt records in place and drop the consumed prefix once: no per-record copies.
         assert self._recv is not None
-        for record in self._records():
-            for msg, payload in self._frames.feed(self._recv.decrypt(b"", record)):
-                self._dispatch(msg, payload)
-                if self.state is not State.OPEN:
-                    return
+        buf, pos = self._inbuf, 0
+        view = memoryview(buf)
+        try:
+            while len(buf) - pos >= 2:
+                (n,) = _LEN.unpack_from(buf, pos)
+                if len(buf) - pos < 2 + n:
+                    break
+                plaintext = self._recv.decrypt(b"", view[pos + 2 : pos + 2 + n])
+                pos += 2 + n
+                for msg, body in self._frames.feed(plaintext):
+                    self._dispatch(msg, body)
+                    if self.state is not State.OPEN:
+                        return
+        finally:
+            view.release()
+            del buf[:pos]
 
     def _open(self) -> None:
         if self._send is None:
@@ -368,7 +380,7 @@ class PeerConnection:
         if count > self.limits.max_messages_per_second:
             raise m.ProtocolError("peer exceeded the message rate limit")
 
-    def _dispatch(self, msg: m.Message, payload: bytes) -> None:
+    def _dispatch(self, msg: m.Message, payload: bytes | memoryview) -> None:
         self._rate_check()
         if isinstance(msg, m.Request):
             if msg.id in self._inflight_from_peer:

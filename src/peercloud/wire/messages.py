@@ -337,37 +337,66 @@ def _validate(msg: Message) -> None:
 
 
 class FrameDecoder:
-    """Reassembles frames from a byte stream; bounded by MAX_FRAME_BODY per frame."""
+    """Reassembles frames from a byte stream; bounded by MAX_FRAME_BODY per frame.
+
+    Received pieces are kept as they came and joined once per frame, and a payload is a view
+    into that one copy: a 1 MiB block is copied once on its way from records to the store.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._chunks: list[memoryview] = []
+        self._size = 0
 
-    def feed(self, data: bytes | memoryview) -> list[tuple[Message, bytes]]:
-        """Add bytes; return every complete (message, payload) now available."""
-        self._buf += data
-        out: list[tuple[Message, bytes]] = []
-        while len(self._buf) >= _FRAME_HEAD.size:
-            body_len, header_len = _FRAME_HEAD.unpack_from(self._buf)
+    def feed(self, data: bytes | memoryview) -> list[tuple[Message, memoryview]]:
+        """Add bytes (which must not change afterwards); return every complete (message, payload)."""
+        if len(data):
+            self._chunks.append(memoryview(data))
+            self._size += len(data)
+        out: list[tuple[Message, memoryview]] = []
+        while self._size >= _FRAME_HEAD.size:
+            body_len, header_len = _FRAME_HEAD.unpack(self._peek(_FRAME_HEAD.size))
             if body_len > MAX_FRAME_BODY:
                 raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
             if header_len > MAX_HEADER or header_len + 2 > body_len or body_len - 2 - header_len > MAX_PAYLOAD:
                 raise ProtocolError("frame header or payload length invalid")
             end = 4 + body_len
-            if len(self._buf) < end:
+            if self._size < end:
                 break
-            view = memoryview(self._buf)
-            try:
-                msg = decode_header(view[6 : 6 + header_len])
-                payload = bytes(view[6 + header_len : end])
-            finally:
-                view.release()
-            del self._buf[:end]
-            if payload and not isinstance(msg, BlockData | Proof):
+            frame = self._take(end)
+            msg = decode_header(frame[6 : 6 + header_len])
+            payload = frame[6 + header_len :]
+            if len(payload) and not isinstance(msg, BlockData | Proof):
                 raise ProtocolError(f"{msg.TYPE} must not carry a payload")
             out.append((msg, payload))
         return out
 
+    def _peek(self, n: int) -> bytes:
+        first = self._chunks[0]
+        return bytes(first[:n]) if len(first) >= n else b"".join(self._chunks)[:n]
+
+    def _take(self, n: int) -> memoryview:
+        """The next n bytes as one buffer: a slice of the first piece, or one join of several."""
+        first = self._chunks[0]
+        if len(first) >= n:
+            taken = first[:n]
+            if len(first) == n:
+                self._chunks.pop(0)
+            else:
+                self._chunks[0] = first[n:]
+        else:
+            parts, have = [], 0
+            while have < n:
+                piece = self._chunks.pop(0)
+                if have + len(piece) > n:
+                    self._chunks.insert(0, piece[n - have :])
+                    piece = piece[: n - have]
+                parts.append(piece)
+                have += len(piece)
+            taken = memoryview(b"".join(parts))
+        self._size -= n
+        return taken
+
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
-        return len(self._buf)
+        return self._size
