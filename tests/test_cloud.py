@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from peercloud.cloud.document import Member, SignedDoc
-from peercloud.identity import Identity
+from peercloud.cloud.document import Invite, Member, SignedDoc
+from peercloud.cloud.placement import peer_hash
+from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, dial
 from peercloud.wire import messages as m
 
@@ -58,6 +59,14 @@ def all_online(d: Daemon, size: int) -> bool:
 
 def health(d: Daemon, object_id: str) -> Any:
     return d.json("status", object_id)
+
+
+def settled(d: Daemon, object_id: str, holders: int) -> bool:
+    """Healthy, on `holders` peers, every share proved exactly once (the owner's extras released)."""
+    s = health(d, object_id)
+    proved = [h for h in s["holders"] if h["confirmed"]]
+    once = sum(len(h["confirmed"]) for h in proved) == s["total_blocks"]
+    return bool(s["health"] == "healthy" and len(proved) == holders and once)
 
 
 class Raw:
@@ -180,7 +189,7 @@ def test_placement_spreads_replicas_and_shares(daemons: Start, make_file: Callab
     ec = owner.json("add", str(src), "--class", "ec-2+1")
     for d in peers:
         wait_for(lambda d=d: health(d, rep["object_id"])["health"] == "healthy", 60, f"replica-3 healthy on {d}")
-        wait_for(lambda d=d: health(d, ec["object_id"])["health"] == "healthy", 60, f"ec-2+1 healthy on {d}")
+        wait_for(lambda d=d: settled(d, ec["object_id"], 3), 60, f"ec-2+1 placed and healthy on {d}")
     r = health(peers[3], rep["object_id"])
     assert r["complete_copies"] == 3 and r["redundancy"]["available"] == 3
     e = health(peers[3], ec["object_id"])
@@ -241,13 +250,7 @@ def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Ca
     added = peers[1].json("add", str(make_file(3_000_000, name="wide.bin")), "--class", "ec-4+2")
     oid = added["object_id"]
 
-    def settled() -> bool:
-        s = health(peers[0], oid)
-        proved = [h for h in s["holders"] if h["confirmed"]]
-        once = sum(len(h["confirmed"]) for h in proved) == s["total_blocks"]  # extras released
-        return s["health"] == "healthy" and len(proved) == 5 and once
-
-    wait_for(settled, 60, "ec-4+2 placement to settle")
+    wait_for(lambda: settled(peers[0], oid, 5), 60, "ec-4+2 placement to settle")
     s = health(peers[0], oid)
     assert s["redundancy"]["crowded"] == 2 and "one peer" in s["note"]  # 6 shares on 5 peers, and it says so
     holders = [h["peer_id"] for h in s["holders"] if h["confirmed"] and not h["self"]]
@@ -260,10 +263,21 @@ def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Ca
 
 
 class Liar(Raw):
-    """A member that says yes to every placement, claims every block, and proves nothing."""
+    """A member that says yes to every placement, claims every block, and proves nothing.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Its key is chosen farther from the object than every real member's, so it is never the
+    object's coordinator (a coordinator that does nothing only delays repair by the takeover
+    time, which this test need not wait for).
+    """
+
+    def __init__(self, far_from: bytes, than: list[PeerId]) -> None:
+        target = int.from_bytes(far_from, "big")
+        farthest = max(peer_hash(p.public_key) ^ target for p in than)
+        while True:
+            identity = Identity.generate()
+            if peer_hash(identity.peer_id.public_key) ^ target > farthest:
+                break
+        super().__init__(identity)
         self.audited = 0
 
         def answer(lk: PeerLink, msg: m.Message) -> None:
@@ -284,19 +298,16 @@ def test_a_member_lying_in_have_counts_for_nothing(
     peers = make_cloud(daemons, 3)
     admin = peers[0]
     admin.cli("class", "add", "fast-2", "--replicas", "2", "--grace", "1s")
-    liar = Liar()
+    src = make_file(3_000_000, name="x.bin")
+    added = peers[1].json("add", str(src), "--class", "fast-2")
+    oid = added["object_id"]
+    total = added["blocks"] - 1
+    liar = Liar(far_from=bytes.fromhex(oid), than=[Identity.load(d.home / "node.key").peer_id for d in peers])
     try:
         link = liar.connect(admin)
-        token = invite(admin)
-        from peercloud.cloud.document import Invite
-
-        inv = Invite.parse(token)
+        inv = Invite.parse(invite(admin))
         liar.call(link, lambda i: m.Join(i, inv.cloud_id, inv.secret, 10**12))
         links = [link] + [liar.connect(d) for d in peers[1:]]
-        src = make_file(3_000_000, name="x.bin")
-        added = peers[1].json("add", str(src), "--class", "fast-2")
-        oid = added["object_id"]
-        total = added["blocks"] - 1
         for lk in links:
             liar.notify(lk, m.Have(bytes.fromhex(oid), b"\xff" * ((total + 7) // 8)))
         wait_for(lambda: health(admin, oid)["health"] == "healthy", 60, "placement on real members")
@@ -308,6 +319,12 @@ def test_a_member_lying_in_have_counts_for_nothing(
         row = liar_row(admin)
         assert row["percent"] == 100.0 and row["confirmed"] == []  # claimed everything, proved nothing
         assert health(admin, oid)["complete_copies"] == 2  # the two real copies, not three
+        # A member may ask, but a holder never releases a copy the class still needs.
+        for d in peers:
+            if d.peer_id in holders_with_copy(admin, oid):
+                lk = links[peers.index(d)]
+                with pytest.raises(PeerError, match="class needs"):
+                    liar.call(lk, lambda i: m.Release(i, bytes.fromhex(oid), (0,)))
         # A holder goes away: repair treats the liar's blocks as missing and copies to a real member.
         real = holders_with_copy(admin, oid)
         victim = next(d for d in peers if d.peer_id in real and d is not admin)
@@ -364,3 +381,20 @@ def test_restarting_every_daemon_keeps_cloud_and_ledger(daemons: Start, make_fil
     status = health(again[2], oid)
     assert status["class"] == "pair" and len(status["holders"]) == 3  # the ledger survived the restart
     wait_for(lambda: health(again[2], oid)["health"] == "healthy", 30, "healthy again")
+
+
+def test_a_lost_ec_column_is_rebuilt_from_the_other_shares(daemons: Start, make_file: Callable[..., Path]) -> None:
+    peers = make_cloud(daemons, 4)
+    peers[0].cli("class", "add", "fast-ec", "--ec", "2+1", "--grace", "1s")
+    added = peers[1].json("add", str(make_file(3_000_000, name="ec.bin")), "--class", "fast-ec")
+    oid = added["object_id"]
+    watcher = peers[0]
+    wait_for(lambda: settled(watcher, oid, 3), 60, "one share column per peer")
+    s = health(watcher, oid)
+    holding = {h["peer_id"] for h in s["holders"] if h["confirmed"] and not h["self"]}
+    victim = next(d for d in peers[1:] if d.peer_id in holding)
+    assert victim.stop() == 0
+    # Nobody else has the victim's column: a new holder must decode and re-encode it.
+    wait_for(lambda: health(watcher, oid)["health"] == "healthy", 90, "the lost column to be rebuilt")
+    s = health(watcher, oid)
+    assert s["redundancy"]["available"] == 3 and s["redundancy"]["crowded"] == 1

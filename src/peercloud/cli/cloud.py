@@ -67,17 +67,17 @@ def create(
 @cloud_app.command("invite")
 def invite(
     ctx: typer.Context,
-    expires: Annotated[str | None, typer.Option(help="Validity, e.g. 1h or 7d [default: until used].")] = None,
+    expires: Annotated[str, typer.Option(help="How long the token stays valid, e.g. 1h or 30d.")] = "7d",
     json: JsonFlag = False,
 ) -> None:
     """Print a one-time invite token (admins only); the token is alone on the last line."""
-    seconds = parse_duration(expires) if expires else None
+    seconds = parse_duration(expires)
     data = _client(ctx).call("POST", "/v1/cloud/invite", {"expires": seconds})
     if json:
         print_json(data)
         return
-    until = f"valid for {format_duration(seconds)}" if seconds else "valid until used"
-    out.print(f"One-time invite to {data['cloud_id']}, {until}. On the new peer run: peercloud cloud join TOKEN")
+    valid = f"valid for {format_duration(seconds)}"
+    out.print(f"One-time invite to {data['cloud_id']}, {valid}. On the new peer run: peercloud cloud join TOKEN")
     print(data["token"])
 
 

@@ -52,6 +52,11 @@ def rank(candidates: Iterable[Candidate]) -> list[Candidate]:
     return sorted(candidates, key=lambda c: (-c.free, c.load, c.peer))
 
 
+def peer_hash(peer: bytes) -> int:
+    """Where a peer sits in the object ID space (hash it once per round, not per object)."""
+    return int.from_bytes(blake3.blake3(peer).digest(), "big")
+
+
 def coordinator(object_id: bytes, peers: Iterable[bytes]) -> bytes | None:
     """The peer that repairs an object: closest (XOR) hashed peer key to the object ID.
 
@@ -59,12 +64,22 @@ def coordinator(object_id: bytes, peers: Iterable[bytes]) -> bytes | None:
     all repair at once; when the coordinator goes offline the next closest takes over.
     """
     target = int.from_bytes(object_id[:32], "big")
-    best: tuple[int, bytes] | None = None
-    for peer in peers:
-        distance = int.from_bytes(blake3.blake3(peer).digest(), "big") ^ target
-        if best is None or distance < best[0]:
-            best = (distance, peer)
-    return best[1] if best else None
+    return min(peers, key=lambda p: peer_hash(p) ^ target, default=None)
+
+
+def rank_of(object_id: bytes, mine: int, others: Iterable[int], limit: int) -> int:
+    """How many of `others` (peer hashes) are closer to the object than `mine`, counting to `limit`.
+
+    Rank 0 is the coordinator; the next ranks take over when it does not act (see reconciler).
+    """
+    target = int.from_bytes(object_id[:32], "big")
+    distance, rank = mine ^ target, 0
+    for h in others:
+        if h ^ target < distance:
+            rank += 1
+            if rank >= limit:
+                break
+    return rank
 
 
 def plan(
@@ -137,7 +152,7 @@ def _plan_replicas(
     if len(taken) < cls.replicas:
         note = f"{cls.name} needs {cls.replicas} copies; only {len(taken)} members online have room"
     release: dict[bytes, tuple[int, ...]] = {}
-    extra = len(have) - cls.maximum
+    extra = sum(1 for p in have if p in online) - cls.maximum  # never count on a holder that is away
     if extra > 0 and not coming:
         # Release where a spread value is doubled first, then from the fullest members.
         seen: dict[str | None, int] = {}

@@ -189,10 +189,11 @@ class Membership:
         doc = self.require_admin()
         if msg.cloud != doc.cloud_id:
             raise RefusedError("this invite is for another cloud")
-        problem = self.index.use_invite(Invite(doc.cloud_id, peer, (), msg.secret, None).secret_hash, peer.public_key)
+        existing = doc.member(peer)
+        secret_hash = Invite(doc.cloud_id, peer, (), msg.secret, None).secret_hash
+        problem = self.index.use_invite(secret_hash, peer.public_key, retry=existing is not None)
         if problem:
             raise RefusedError(problem)
-        existing = doc.member(peer)
         observed = Address.parse(link.remote).host if link.remote != "?" else ""
         addresses = tuple(_advertised(a, observed) for a in msg.listen[:8])
         member = Member(peer, existing.role if existing else MEMBER, msg.offer, parse_tags(msg.tags), addresses)
@@ -244,7 +245,7 @@ class Membership:
 
     def _forget(self) -> None:
         doc = self.doc
-        self.index.set_cloud_doc(None)
+        self.index.leave_cloud()  # what we held for it is no longer kept; pins by hand stay
         self.signed = None
         if doc is not None:
             for x in doc.members:

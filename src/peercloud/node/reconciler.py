@@ -1,10 +1,13 @@
 """The reconciler: makes every object of the cloud match its class, and serves placement requests.
 
-Each round, for every object this node coordinates (the closest online member to the object
-ID, see `placement.coordinator`), it reads the ledger, plans (`placement.plan`) and asks
-members to pull or release share columns. Holders offline for less than the class's grace
-period still count, so a reboot does not trigger a repair; after it, their blocks are
-re-created elsewhere, and extras are released when they come back above the class max.
+Each round, for every object of the catalog, a member works out its rank among the online
+members (0 = the coordinator, closest to the object ID, see `placement.rank_of`). The
+coordinator reads the ledger, plans (`placement.plan`) and asks members to pull or release
+share columns. The next two ranks compute the same plan but act only when it has stayed
+unfinished for TAKEOVER seconds per rank, so a coordinator that is down, slow or lying delays
+repair instead of stopping it. Holders offline for less than the class's grace period still
+count, so a reboot does not trigger a repair; after it, their blocks are re-created elsewhere,
+and extras are released when they come back above the class max.
 """
 
 import asyncio
@@ -14,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from peercloud.cloud.document import CloudDoc
 from peercloud.cloud.ledger import indexes_from_bitmap
-from peercloud.cloud.placement import Candidate, coordinator, plan, rank
-from peercloud.errors import PeercloudError
+from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, rank_of
+from peercloud.errors import PeercloudError, RefusedError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
 from peercloud.store.index import CatalogEntry
@@ -26,9 +29,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 RECONCILE_EVERY = 1.0
-PENDING_TIMEOUT = 900.0  # a placement not done by then is asked again (or elsewhere)
-REFUSED_PAUSE = 300.0  # a member that refused a placement is not asked again for this long
+TAKEOVER = 30.0  # seconds per rank before a backup coordinator acts on an unfinished plan
+BACKUPS = 2  # ranks after the coordinator that watch an object
+PENDING_BASE = 120.0  # a placement not proved after this (plus size at 10 MB/s) goes elsewhere
+REFUSED_PAUSE = 300.0  # a member that refused or failed a placement is not asked again for this long
 CALL_TIMEOUT = 15.0
+CONCURRENT_CALLS = 16
 
 
 def column_bytes(entry: CatalogEntry) -> int:
@@ -51,10 +57,12 @@ class Reconciler:
     def __init__(self, service: "NodeService") -> None:
         self.service = service
         self.started = time.time()
-        self.pending: dict[tuple[bytes, bytes], tuple[set[int], float]] = {}
+        self.pending: dict[tuple[bytes, bytes], tuple[set[int], float, float]] = {}  # → cols, since, deadline
         self.refused: dict[tuple[bytes, bytes], float] = {}
+        self.unfinished: dict[bytes, tuple[float, object]] = {}  # object → (since, holders then)
         self.notes: dict[bytes, str] = {}
         self._pulls: dict[tuple[bytes, tuple[int, ...]], asyncio.Task[None]] = {}
+        self._calls = asyncio.Semaphore(CONCURRENT_CALLS)
 
     @property
     def me(self) -> bytes:
@@ -62,13 +70,14 @@ class Reconciler:
         return self.service.node.identity.peer_id.public_key
 
     async def run(self) -> None:
-        """Reconcile forever."""
+        """Reconcile forever; a long round is followed by a longer pause."""
         while True:
+            started = time.monotonic()
             try:
                 await self.round()
             except Exception:
                 log.exception("reconcile round failed")
-            await asyncio.sleep(RECONCILE_EVERY)
+            await asyncio.sleep(max(RECONCILE_EVERY, 2 * (time.monotonic() - started)))
 
     def online(self, doc: CloudDoc) -> set[bytes]:
         """Members connected now, and this node."""
@@ -83,13 +92,13 @@ class Reconciler:
     def holders(self, entry: CatalogEntry, doc: CloudDoc, grace: float, online: set[bytes]) -> dict[bytes, set[int]]:
         """Members' proved full columns held for the cloud, online or offline within the grace.
 
-        Copies pinned by hand are extras on top of the class: placement neither counts nor
-        releases them (the ledger's health does count them).
+        Copies pinned by hand are extras on top of the class, and blocks a get left behind are
+        a cache: placement neither counts nor releases them (the ledger's health does count them).
         """
         segments = entry.total_blocks // entry.n
         out: dict[bytes, set[int]] = {}
         index = self.service.node.index
-        local = index.local_indexes(entry.object_id)
+        local = index.local_indexes(entry.object_id, held_only=True)
         if local and not index.is_pinned(entry.object_id):
             out[self.me] = full_columns(local, entry.n, segments)
         for _, h in index.holdings(entry.object_id):
@@ -104,15 +113,12 @@ class Reconciler:
 
     def used(self, catalog: list[CatalogEntry]) -> dict[bytes, int]:
         """Bytes each peer holds for the cloud, estimated from the ledger."""
-        shape = {e.object_id: e for e in catalog}
+        per_block = {e.object_id: column_bytes(e) // max(1, e.total_blocks // e.n) for e in catalog}
         out: dict[bytes, int] = {}
         for object_id, h in self.service.node.index.holdings():
-            entry = shape.get(object_id)
-            if entry is not None:
-                blocks = bin(int.from_bytes(h.bitmap, "big")).count("1")
-                out[h.peer_id] = out.get(h.peer_id, 0) + blocks * column_bytes(entry) // max(
-                    1, entry.total_blocks // entry.n
-                )
+            size = per_block.get(object_id)
+            if size is not None:
+                out[h.peer_id] = out.get(h.peer_id, 0) + bin(int.from_bytes(h.bitmap, "big")).count("1") * size
         out[self.me] = self.service.node.store.used
         return out
 
@@ -122,24 +128,48 @@ class Reconciler:
         if doc is None:
             return
         now = time.time()
+        self._expire(now)
         online = self.online(doc)
+        others = [peer_hash(p) for p in online if p != self.me]
+        mine = peer_hash(self.me)
         catalog = self.service.node.index.catalog()
         sizes = {e.object_id: column_bytes(e) for e in catalog}
         ranked = rank(self._candidates(doc, online, catalog, sizes))
         tags = {x.peer_id.public_key: x.tags for x in doc.members}
+        calls = []
         for entry in catalog:
             cls = doc.class_map.get(entry.storage_class)
-            if cls is None or coordinator(entry.object_id, online) != self.me:
+            position = rank_of(entry.object_id, mine, others, BACKUPS + 1)
+            if cls is None or position > BACKUPS:
                 continue
             holders = self.holders(entry, doc, cls.grace, online)
             pending = self._pending(entry.object_id, holders, online, now)
-            willing = [c for c in ranked if now - self.refused.get((entry.object_id, c.peer), 0.0) > REFUSED_PAUSE]
+            willing = [c for c in ranked if (entry.object_id, c.peer) not in self.refused]
             decision = plan(cls, entry.n, sizes[entry.object_id], holders, online, willing, tags, pending)
             self.notes[entry.object_id] = decision.note
-            for peer, placed in decision.place.items():
-                await self._place(entry, peer, placed, now)
-            for peer, released in decision.release.items():
-                await self._release(entry, peer, released)
+            if not decision.place and not decision.release:
+                self.unfinished.pop(entry.object_id, None)
+                continue
+            # The takeover clock restarts whenever the holders change: progress is not a stall.
+            state = sorted((p, sorted(c)) for p, c in holders.items())
+            since, seen = self.unfinished.get(entry.object_id, (now, state))
+            if seen != state:
+                since = now
+            self.unfinished[entry.object_id] = (since, state)
+            if now - since >= position * TAKEOVER:
+                calls.append(self._carry_out(entry, decision, now))
+            await asyncio.sleep(0)  # a large catalog must not starve the peers' traffic
+        await asyncio.gather(*calls)
+
+    def _expire(self, now: float) -> None:
+        for key, (_, _, deadline) in list(self.pending.items()):
+            if now > deadline:
+                log.info("placement of %s on %s not proved in time", key[0].hex()[:12], PeerId(key[1]).short())
+                del self.pending[key]
+                self.refused[key] = now
+        for key, when in list(self.refused.items()):
+            if now - when > REFUSED_PAUSE:
+                del self.refused[key]
 
     def _candidates(
         self, doc: CloudDoc, online: set[bytes], catalog: list[CatalogEntry], sizes: dict[bytes, int]
@@ -147,7 +177,7 @@ class Reconciler:
         """Online members with their free offered space, less what placements in flight will take."""
         used = self.used(catalog)
         load: dict[bytes, int] = {}
-        for (oid, peer), (cols, _) in self.pending.items():
+        for (oid, peer), (cols, _, _) in self.pending.items():
             load[peer] = load.get(peer, 0) + len(cols)
             used[peer] = used.get(peer, 0) + sizes.get(oid, 0) * len(cols)
         out = []
@@ -160,33 +190,36 @@ class Reconciler:
     def _pending(
         self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], now: float
     ) -> dict[bytes, set[int]]:
-        out = {}
         failed = {h.peer_id for _, h in self.service.node.index.holdings(object_id) if h.failed_at is not None}
-        for (oid, peer), (cols, since) in list(self.pending.items()):
+        out = {}
+        for (oid, peer), (cols, _, _) in list(self.pending.items()):
             if oid != object_id:
                 continue
             if peer in failed:
                 self.refused[(oid, peer)] = now  # it said yes, then could not prove it: ask others
-            if (
-                cols <= holders.get(peer, set())
-                or peer not in online
-                or peer in failed
-                or now - since > PENDING_TIMEOUT
-            ):
+            if cols <= holders.get(peer, set()) or peer not in online or peer in failed:
                 del self.pending[(oid, peer)]
             else:
                 out[peer] = cols
         return out
 
+    async def _carry_out(self, entry: CatalogEntry, decision: Plan, now: float) -> None:
+        await asyncio.gather(
+            *(self._place(entry, peer, cols, now) for peer, cols in decision.place.items()),
+            *(self._release(entry, peer, cols) for peer, cols in decision.release.items()),
+        )
+
     async def _place(self, entry: CatalogEntry, peer: bytes, cols: tuple[int, ...], now: float) -> None:
         log.info("placing %s shares %s on %s", entry.object_id.hex()[:12], list(cols), PeerId(peer).short())
-        self.pending[(entry.object_id, peer)] = (set(cols), now)
+        deadline = now + PENDING_BASE + column_bytes(entry) * len(cols) / 10e6
+        self.pending[(entry.object_id, peer)] = (set(cols), now, deadline)
         if peer == self.me:
             self.start_pull(entry.object_id, cols, entry.storage_class)
             return
         try:
-            link = self.service.peers.links[PeerId(peer)]
-            await link.call(m.Place(link.next_id(), entry.object_id, cols, entry.storage_class), CALL_TIMEOUT)
+            async with self._calls:
+                link = self.service.peers.links[PeerId(peer)]
+                await link.call(m.Place(link.next_id(), entry.object_id, cols, entry.storage_class), CALL_TIMEOUT)
         except (KeyError, PeerError) as e:
             log.info("placement on %s failed: %s", PeerId(peer).short(), e)
             self.pending.pop((entry.object_id, peer), None)
@@ -194,22 +227,22 @@ class Reconciler:
 
     async def _release(self, entry: CatalogEntry, peer: bytes, cols: tuple[int, ...]) -> None:
         log.info("releasing %s shares %s on %s", entry.object_id.hex()[:12], list(cols), PeerId(peer).short())
-        if peer == self.me:
-            if not self.service.node.index.is_pinned(entry.object_id):
-                await self.service.release(entry.object_id, cols)
-            return
         try:
-            link = self.service.peers.links[PeerId(peer)]
-            await link.call(m.Release(link.next_id(), entry.object_id, cols), CALL_TIMEOUT)
-        except (KeyError, PeerError) as e:
-            log.info("release on %s failed: %s", PeerId(peer).short(), e)
+            if peer == self.me:
+                await self.service.release(entry.object_id, cols)
+                return
+            async with self._calls:
+                link = self.service.peers.links[PeerId(peer)]
+                await link.call(m.Release(link.next_id(), entry.object_id, cols), CALL_TIMEOUT)
+        except (KeyError, PeerError, RefusedError) as e:
+            log.info("release on %s not done: %s", PeerId(peer).short(), e)
 
     # -- the holder's side
 
     def start_pull(self, object_id: bytes, cols: tuple[int, ...], class_name: str) -> None:
         """Fetch and keep share columns in the background (once per request)."""
         key = (object_id, cols)
-        if key in self._pulls and not self._pulls[key].done():
+        if key in self._pulls:
             return
 
         async def pull() -> None:
@@ -218,7 +251,9 @@ class Reconciler:
             except PeercloudError as e:
                 log.warning("could not pull %s shares %s: %s", object_id.hex()[:12], list(cols), e)
 
-        self._pulls[key] = asyncio.get_running_loop().create_task(pull())
+        task = asyncio.get_running_loop().create_task(pull())
+        self._pulls[key] = task
+        task.add_done_callback(lambda _: self._pulls.pop(key, None))
 
     async def on_request(self, link: PeerLink, msg: m.Message) -> None:
         """Place and Release requests: only members of our cloud may ask."""
@@ -229,20 +264,15 @@ class Reconciler:
             link.respond(msg.id, m.Error(msg.id, "refused", "not a member of this node's cloud"))
             return
         if isinstance(msg, m.Release):
-            if self.service.node.index.is_pinned(msg.object):
-                link.respond(msg.id, m.Error(msg.id, "refused", "pinned by hand on this node"))
+            try:
+                await self.service.release(msg.object, msg.shares)
+            except RefusedError as e:
+                link.respond(msg.id, m.Error(msg.id, "refused", str(e)))
                 return
-            await self.service.release(msg.object, msg.shares)
             link.respond(msg.id, m.Ok(msg.id))
             return
         if msg.cls not in doc.class_map:
             link.respond(msg.id, m.Error(msg.id, "refused", f"unknown storage class {msg.cls!r}"))
             return
-        me = doc.member(self.service.node.identity.peer_id)
-        entries = self.service.node.index.catalog(msg.object)
-        need = column_bytes(entries[0]) * len(msg.shares) if entries else 0
-        if me is not None and self.service.node.store.used + need > me.offer:
-            link.respond(msg.id, m.Error(msg.id, "refused", "this member's offered space is full"))
-            return
-        link.respond(msg.id, m.Ok(msg.id))
+        link.respond(msg.id, m.Ok(msg.id))  # the offer is checked against the manifest before pulling
         self.start_pull(msg.object, msg.shares, msg.cls)

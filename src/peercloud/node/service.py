@@ -22,8 +22,9 @@ from peercloud.cloud.ledger import (
     indexes_from_bitmap,
     object_status,
 )
+from peercloud.content import erasure
 from peercloud.content.caps import ReadCap
-from peercloud.content.manifest import Manifest
+from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest
 from peercloud.errors import NotFoundError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.net.link import Address, PeerLink, listen
@@ -40,6 +41,7 @@ from peercloud.swarm.upload import block_server
 from peercloud.wire import messages as m
 
 Progress = Callable[[int], None]
+MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
 log = logging.getLogger(__name__)
 
 
@@ -77,6 +79,7 @@ class NodeService:
         self.auditor = Auditor(node.index, node.store, self.peers, self.manifest)
         self.reconciler = Reconciler(self)
         self._serve_blocks = block_server(node.store)
+        self._locks: dict[bytes, asyncio.Lock] = {}
 
     async def start(self) -> None:
         """Listen for peers and dial the known ones."""
@@ -121,11 +124,15 @@ class NodeService:
         if isinstance(msg, m.CloudDoc):
             self.membership.on_gossip(link, msg)
         elif isinstance(msg, m.Catalog) and self.membership.is_member(link.peer_id):
-            if msg.k < 1 or msg.n < msg.k or msg.n > 256 or msg.total % msg.n:
+            shape_ok = 1 <= msg.k <= msg.n <= 256 and msg.total % msg.n == 0 and msg.total <= MAX_BLOCKS
+            segments = msg.total // msg.n if shape_ok else 0
+            if not shape_ok or not (segments - 1) * MIN_SEGMENT_SIZE < msg.size <= segments * MAX_SEGMENT_SIZE:
                 link.close("catalog entry with an impossible shape")
                 return
-            entry = CatalogEntry(msg.object, msg.cls, msg.total, msg.k, msg.n, msg.size, time.time())
-            self.node.index.put_catalog(entry)
+            doc = self.membership.doc
+            if doc is not None and msg.cls in doc.class_map:  # an unknown class would never be placed
+                entry = CatalogEntry(msg.object, msg.cls, msg.total, msg.k, msg.n, msg.size, time.time())
+                self.node.index.put_catalog(entry)
 
     def _on_link(self, link: PeerLink) -> None:
         self.membership.on_link(link)
@@ -134,7 +141,6 @@ class NodeService:
                 link.notify(_catalog_message(entry))
 
     def _publish_catalog(self, entry: CatalogEntry) -> None:
-        self.node.index.put_catalog(entry)
         for link in list(self.peers.links.values()):
             if self.membership.is_member(link.peer_id):
                 link.notify(_catalog_message(entry))
@@ -142,8 +148,14 @@ class NodeService:
     # -- what we hold
 
     def local_bitmap(self, object_id: bytes) -> bytes | None:
-        """Our HAVE bitmap for an object, or None when we know nothing of it."""
-        local = self.node.index.local_indexes(object_id)
+        """Our HAVE bitmap for an object, or None when we know nothing of it.
+
+        For the cloud's objects it names only blocks we keep (pinned or held): a cache left by
+        a get is no copy the cloud can count on.
+        """
+        index = self.node.index
+        cached_too = index.is_pinned(object_id) or not index.catalog(object_id)
+        local = index.local_indexes(object_id, held_only=not cached_too)
         if local is None:
             return None
         rec = self.node.index.get_object(object_id)
@@ -183,20 +195,18 @@ class NodeService:
         if doc is not None:
             # The cloud decides where copies live: our blocks become holds it may release.
             blocks = [bid for _, _, bid in manifest.blocks()]
-            self.node.index.hold(manifest.object_id, [*blocks, manifest.object_id])
-            self.node.index.unpin(manifest.object_id)
             record = self.node.index.get_object(manifest.object_id)
-            self._publish_catalog(
-                CatalogEntry(
-                    manifest.object_id,
-                    record.storage_class if record else "-",
-                    len(blocks),
-                    manifest.coding.k,
-                    manifest.coding.n,
-                    manifest.size,
-                    time.time(),
-                )
+            entry = CatalogEntry(
+                manifest.object_id,
+                record.storage_class if record else "-",
+                len(blocks),
+                manifest.coding.k,
+                manifest.coding.n,
+                manifest.size,
+                time.time(),
             )
+            self.node.index.adopt(entry, [*blocks, manifest.object_id])
+            self._publish_catalog(entry)
         self._announce(manifest.object_id)
         return result
 
@@ -299,24 +309,86 @@ class NodeService:
         return manifest
 
     async def hold(self, object_id: bytes, shares: tuple[int, ...], class_name: str) -> None:
-        """Keep share columns of an object for the cloud: pull what is missing, then announce."""
+        """Keep share columns of an object for the cloud: pull what is missing, then announce.
+
+        Blocks nobody holds any more (the only holder of an EC column left) are rebuilt from
+        any k shares of their segment and checked against their IDs: no read key is needed.
+        """
         manifest = await self.manifest(object_id)
-        n = manifest.coding.n
-        blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in shares if j < n]
-        self.node.index.hold(object_id, [*blocks, object_id])
-        self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
-        groups = [fetch.Group([b], 1) for b in dict.fromkeys(blocks) if not self.node.store.has(b)]
-        await fetch.fetch(self.peers, self.node.store, groups, self._holders(manifest))
-        self._announce(object_id)
+        n, store = manifest.coding.n, self.node.store
+        wanted = [(s, j) for s in range(manifest.segment_count) for j in shares if j < n]
+        me = self.membership.doc.member(self.node.identity.peer_id) if self.membership.doc else None
+        need = sum(manifest.share_size(s) for s, j in wanted if not store.has(manifest.block(s, j)))
+        if me is not None and store.used + need > me.offer:
+            raise RefusedError(f"holding {len(shares)} share column(s) would exceed this member's offer")
+        async with self._lock(object_id):
+            blocks = [manifest.block(s, j) for s, j in wanted]
+            self.node.index.hold(object_id, [*blocks, object_id])
+            self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
+            holders = self._holders(manifest)
+            online = set(self.peers.links)
+            missing = [b for b in dict.fromkeys(blocks) if not store.has(b)]
+            direct = [b for b in missing if holders(b) & online]
+            if direct:
+                await fetch.fetch(self.peers, store, [fetch.Group([b], 1) for b in direct], holders)
+            lost = [(s, j) for s, j in wanted if not store.has(manifest.block(s, j))]
+            if lost and n > 1:
+                await self._rebuild(manifest, lost, holders)
+            self._announce(object_id)
+
+    async def _rebuild(
+        self, manifest: Manifest, lost: list[tuple[int, int]], holders: Callable[[bytes], set[PeerId]]
+    ) -> None:
+        store, k, n = self.node.store, manifest.coding.k, manifest.coding.n
+        segments = sorted({s for s, _ in lost})
+        groups = []
+        for s in segments:
+            others = [manifest.block(s, j) for j in range(n) if not store.has(manifest.block(s, j))]
+            have = n - len(others)
+            if have < k:
+                groups.append(fetch.Group([b for b in others if holders(b) & set(self.peers.links)], k - have))
+        if groups:
+            await fetch.fetch(self.peers, store, groups, holders)
+
+        def rebuild() -> None:
+            for s, j in lost:
+                shares = retrieve.read_segment_blocks(store, manifest, s)
+                ciphertext = erasure.decode(manifest.coding, shares, manifest.ciphertext_length(s))
+                store.put(erasure.encode(manifest.coding, ciphertext)[j], expect=manifest.block(s, j))
+
+        await asyncio.to_thread(rebuild)
+        log.info("rebuilt %d lost share(s) of %s", len(lost), manifest.object_id.hex()[:12])
 
     async def release(self, object_id: bytes, shares: tuple[int, ...]) -> None:
-        """Stop keeping share columns for the cloud; delete the blocks nothing else keeps."""
+        """Stop keeping share columns for the cloud, unless that would leave the object short.
+
+        Whoever asks, the ledger here decides: the other members' proved copies online must
+        still meet the class without this node's columns. Blocks nothing else keeps are deleted.
+        """
         if not self.node.store.has(object_id):
             return
-        manifest = self.node.manifest(object_id)
-        blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in shares if j < manifest.coding.n]
-        self.node.index.release(object_id, blocks)
-        await self._drop(object_id, blocks)
+        if self.node.index.is_pinned(object_id):
+            raise RefusedError("pinned by hand on this node")
+        async with self._lock(object_id):
+            manifest = self.node.manifest(object_id)
+            n = manifest.coding.n
+            status = self.ledger(object_id)
+            drop = {s * n + j for s in range(manifest.segment_count) for j in shares if j < n}
+            mine = next((h for h in status.holders if h.is_self), None)
+            if mine is not None:
+                kept = tuple(i for i in mine.confirmed if i not in drop)
+                left = replace(
+                    status,
+                    holders=tuple(replace(h, blocks=kept, confirmed=kept) if h.is_self else h for h in status.holders),
+                ).redundancy()
+                if status.storage_class is not None and left.available < left.target:
+                    raise RefusedError(
+                        f"releasing would leave {left.available} of the {left.target} copies or shares "
+                        "the class needs proved online"
+                    )
+            blocks = [manifest.block(i // n, i % n) for i in sorted(drop)]
+            self.node.index.release(object_id, blocks)
+            await self._drop(object_id, blocks)
 
     async def _drop(self, object_id: bytes, blocks: list[bytes]) -> None:
         index = self.node.index
@@ -324,22 +396,27 @@ class NodeService:
         await asyncio.to_thread(self.node.store.delete, doomed)
         self._announce(object_id)
 
+    def _lock(self, object_id: bytes) -> asyncio.Lock:
+        """Pulls, releases and unpins of one object run one at a time."""
+        return self._locks.setdefault(object_id, asyncio.Lock())
+
     async def unpin(self, text: str) -> ObjectStatus:
         """Drop this node's copy, unless the others would leave the object below its class minimum."""
         object_id = self.node.resolve(text).object_id
-        status = self.ledger(object_id)
-        others = replace(status, holders=tuple(h for h in status.holders if not h.is_self))
-        left = others.redundancy()
-        if status.storage_class is not None and left.available < left.target:
-            unit = "copies" if status.n == 1 else "shares per segment"
-            raise RefusedError(
-                f"refusing to unpin: without this node the object would have {left.available} {unit} "
-                f"proved online, below the {left.target} that class {status.storage_class.name} needs"
-            )
-        self.node.index.unpin(object_id)
-        self.node.index.release(object_id)
-        self.node.index.hold(object_id, [object_id])  # the manifest stays: the ledger still needs its shape
-        await self._drop(object_id, [bid for _, _, bid in self.node.manifest(object_id).blocks()])
+        async with self._lock(object_id):
+            status = self.ledger(object_id)
+            others = replace(status, holders=tuple(h for h in status.holders if not h.is_self))
+            left = others.redundancy()
+            if status.storage_class is not None and left.available < left.target:
+                unit = "copies" if status.n == 1 else "shares per segment"
+                raise RefusedError(
+                    f"refusing to unpin: without this node the object would have {left.available} {unit} "
+                    f"proved online, below the {left.target} that class {status.storage_class.name} needs"
+                )
+            self.node.index.unpin(object_id)
+            self.node.index.release(object_id)
+            self.node.index.hold(object_id, [object_id])  # the manifest stays: the ledger still needs its shape
+            await self._drop(object_id, [bid for _, _, bid in self.node.manifest(object_id).blocks()])
         return self.ledger(object_id)
 
     def ledger(self, object_id: bytes) -> ObjectStatus:

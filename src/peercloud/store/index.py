@@ -331,7 +331,9 @@ class Index:
             if len(old) < offset + len(bitmap):
                 old.extend(bytes(offset + len(bitmap) - len(old)))
             old[offset : offset + len(bitmap)] = bitmap
-            confirmed = bytes(a & b for a, b in zip(bytes(row[1]), old, strict=False)) if row else b""
+            proved = bytes(row[1]) if row else b""
+            # Proofs stay for claimed blocks; beyond this piece they wait for the next pieces.
+            confirmed = bytes(a & b for a, b in zip(proved, old, strict=False)) + proved[len(old) :]
             db.execute(
                 "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed, pinned)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
@@ -367,10 +369,13 @@ class Index:
         rows = self._query("SELECT object_id, bitmap FROM holdings WHERE peer_id = ?", (peer_id,))
         return [(bytes(r[0]), bytes(r[1])) for r in rows]
 
-    def local_indexes(self, object_id: bytes) -> list[int] | None:
-        """Positions (in manifest order) of the object's blocks stored here; None if unknown."""
+    def local_indexes(self, object_id: bytes, held_only: bool = False) -> list[int] | None:
+        """Positions (in manifest order) of the object's blocks stored here (and, with `held_only`,
+        kept for the cloud rather than cached by a get); None if the object is unknown."""
+        held = "AND EXISTS (SELECT 1 FROM holds h WHERE h.object_id = ob.object_id AND h.block_id = ob.block_id)"
         rows = self._query(
-            """SELECT ob.segment, ob.share, EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id)
+            f"""SELECT ob.segment, ob.share, EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id
+                   {held if held_only else ""})
                FROM object_blocks ob WHERE ob.object_id = ? AND ob.segment >= 0""",
             (object_id,),
         )
@@ -401,13 +406,17 @@ class Index:
                 (secret_hash, time.time(), expires_at),
             )
 
-    def use_invite(self, secret_hash: bytes, peer_id: bytes) -> str | None:
-        """Spend an invite for a peer, atomically; the reason it cannot be used, or None."""
+    def use_invite(self, secret_hash: bytes, peer_id: bytes, retry: bool) -> str | None:
+        """Spend an invite for a peer, atomically; the reason it cannot be used, or None.
+
+        `retry`: the peer is a member already (its first answer was lost), so its own invite
+        may be presented again; a removed member cannot come back with it.
+        """
         with self.transaction() as db:
             row = db.execute("SELECT expires_at, used_by FROM invites WHERE secret_hash = ?", (secret_hash,)).fetchone()
             if row is None:
                 return "this invite was not issued by this admin"
-            if row[1] is not None and bytes(row[1]) != peer_id:
+            if row[1] is not None and not (retry and bytes(row[1]) == peer_id):
                 return "this invite was already used"
             if row[0] is not None and time.time() > row[0]:
                 return "this invite has expired"
@@ -415,23 +424,25 @@ class Index:
             return None
 
     def put_catalog(self, entry: CatalogEntry) -> bool:
-        """Record an object of the cloud (its class may change); True when it was new."""
+        """Record an object of the cloud; the first entry for an object stays. True when new."""
         with self.transaction() as db:
-            new = db.execute("SELECT 1 FROM catalog WHERE object_id = ?", (entry.object_id,)).fetchone() is None
-            db.execute(
-                "INSERT INTO catalog (object_id, class, total_blocks, k, n, size, added_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(object_id) DO UPDATE SET class = excluded.class",
-                (
-                    entry.object_id,
-                    entry.storage_class,
-                    entry.total_blocks,
-                    entry.k,
-                    entry.n,
-                    entry.size,
-                    entry.added_at,
-                ),
+            return _insert_catalog(db, entry)
+
+    def adopt(self, entry: CatalogEntry, block_ids: Iterable[bytes]) -> None:
+        """In one transaction: an object just added becomes the cloud's (held, not pinned, listed)."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)",
+                [(entry.object_id, b) for b in block_ids],
             )
-        return new
+            db.execute("DELETE FROM pins WHERE object_id = ?", (entry.object_id,))
+            _insert_catalog(db, entry)
+
+    def leave_cloud(self) -> None:
+        """Forget the cloud, its catalog and what was held for it, in one transaction."""
+        with self.transaction() as db:
+            for table in ("cloud", "catalog", "holds"):
+                db.execute(f"DELETE FROM {table}")
 
     def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
         """Objects of the cloud (or one of them)."""
@@ -473,6 +484,16 @@ class Index:
     def held(self, object_id: bytes) -> set[bytes]:
         """Blocks of an object kept for the cloud."""
         return {bytes(r[0]) for r in self._query("SELECT block_id FROM holds WHERE object_id = ?", (object_id,))}
+
+
+def _insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
+    return bool(
+        db.execute(
+            "INSERT OR IGNORE INTO catalog (object_id, class, total_blocks, k, n, size, added_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (e.object_id, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.added_at),
+        ).rowcount
+    )
 
 
 def _split(script: str) -> list[str]:
