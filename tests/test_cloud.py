@@ -225,7 +225,9 @@ def test_two_losses_with_replica_3_stay_readable_and_heal(
     by_id = {d.peer_id: d for d in peers}
     holding = holders_with_copy(peers[0], oid)
     assert len(holding) == 3
-    gone = [by_id[p] for p in holding[:2]]
+    # The owner goes first when it holds a copy (repair must not need it); peers[0] watches.
+    owner = peers[2].peer_id
+    gone = [by_id[p] for p in sorted(holding, key=lambda p: p != owner) if by_id[p] is not peers[0]][:2]
     ports = {d.home.name: d.port for d in gone}
     for d in gone:
         assert d.stop() == 0

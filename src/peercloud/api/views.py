@@ -96,6 +96,7 @@ def object_status(status: ObjectStatus, record: ObjectRecord | None, note: str =
                 "failed_audit": h.failed_audit,
                 "pinned": h.pinned,
                 "updated_at": h.updated_at,
+                "checked_at": h.checked_at,
             }
             for h in status.holders
         ],

@@ -7,6 +7,7 @@ the home directly otherwise; commands that need the network say so when no daemo
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -310,10 +311,11 @@ def _print_object_status(d: dict[str, Any]) -> None:
     )
     if d["note"]:
         out.print(f"[yellow]note:[/] {d['note']}")
-    table = Table("holder", "online", "held", "proved", "blocks", box=None)
+    table = Table("holder", "online", "held", "proved", "audited", "blocks", box=None)
     for col in table.columns:
         col.no_wrap = True
-    width = max(16, min(64, out.width - 52))
+    width = max(16, min(64, out.width - 62))
+    now = time.time()
     for h in d["holders"]:
         who = h["peer_id"][:13] + (" (you)" if h["self"] else "" if h["member"] else " (outside)")
         style = "green" if h["self"] else "cyan" if h["online"] else "dim"
@@ -323,6 +325,7 @@ def _print_object_status(d: dict[str, Any]) -> None:
             "yes" if h["online"] else "no",
             f"{h['percent']:.0f}%",
             proved,
+            f"{now - h['checked_at']:.0f} s ago" if h.get("checked_at") else "-",
             f"[{style}]{block_map(h['blocks'], total, width)}[/{style}]",
         )
     out.print(table)

@@ -63,6 +63,7 @@ class Holder:
     member: bool = True  # in this node's cloud (outsiders' copies are outside its control)
     failed_audit: bool = False
     pinned: bool = False  # an extra copy its holder chose to keep
+    checked_at: float | None = None  # when this node last audited the claim
 
     def percent(self, total: int) -> float:
         """Share of the object's blocks this holder claims."""

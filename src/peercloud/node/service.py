@@ -488,6 +488,7 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
                 doc is None or doc.member(pid) is not None,
                 h.failed_at is not None,
                 h.pinned,
+                h.checked_at,
             )
         )
     me = str(node.identity.peer_id)
