@@ -15,7 +15,7 @@ from peercloud.errors import DaemonNeededError, NotFoundError
 from peercloud.identity import PeerId
 from peercloud.node.home import NodeHome
 from peercloud.node.local import LocalNode
-from peercloud.node.service import ledger_view
+from peercloud.node.service import known_objects, ledger_view
 from peercloud.swarm.peers import PeerInfo, parse_peer
 
 Progress = Callable[[str, int], None]
@@ -118,8 +118,7 @@ class LocalBackend:
 
     def summary(self) -> dict[str, Any]:
         """Every object's health as last known (peers offline)."""
-        ids = dict.fromkeys([e.object_id for e in self.node.index.catalog()])
-        ids.update(dict.fromkeys(r.object_id for r in self.node.index.objects()))
+        ids = known_objects(self.node)
         return views.summary([(self._ledger(oid), self.node.index.get_object(oid)) for oid in ids])
 
     def _ledger(self, object_id: bytes) -> ObjectStatus:

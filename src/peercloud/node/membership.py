@@ -5,7 +5,6 @@ every connected member, and members forward what they accept, so a version reach
 were offline as soon as they meet anyone who has it. Connections to all members are kept.
 """
 
-import asyncio
 import logging
 import os
 import socket
@@ -35,10 +34,8 @@ class Membership:
         self.index = index
         self.peers = peers
         self.listening = listening
-        self.rejected = 0  # versions refused (forged, tampered, signed by a non-admin)
         raw = index.cloud_doc()
         self.signed: SignedDoc | None = SignedDoc.decode(raw) if raw else None
-        self.changed = asyncio.Event()
 
     @property
     def doc(self) -> CloudDoc | None:
@@ -216,7 +213,6 @@ class Membership:
                     link.notify(m.CloudDoc(self.signed.encode()))  # it is behind: help it catch up
                 return
         except (IntegrityError, RefusedError) as e:
-            self.rejected += 1
             log.warning("refused cloud document from %s: %s", link.peer_id.short() if link.peer_id else "?", e)
             return
         if new.doc.member(self.identity.peer_id) is None:
@@ -241,7 +237,6 @@ class Membership:
                 if stale is not None and not any(raw == gone.public_key for raw, _ in self.index.peers()):
                     stale.close("no longer a member of the cloud")
         self._connect(signed.doc.members)
-        self.changed.set()
 
     def _forget(self) -> None:
         doc = self.doc
@@ -250,7 +245,6 @@ class Membership:
         if doc is not None:
             for x in doc.members:
                 self.peers.drop(x.peer_id)
-        self.changed.set()
 
     def _connect(self, members: Iterable[Member]) -> None:
         for x in members:

@@ -431,9 +431,7 @@ class NodeService:
 
     def summary(self) -> list[tuple[ObjectStatus, ObjectRecord | None]]:
         """Every object known here (the cloud's and local ones), for `status` without an object."""
-        ids = dict.fromkeys([e.object_id for e in self.node.index.catalog()])
-        ids.update(dict.fromkeys(r.object_id for r in self.node.index.objects()))
-        return [(self.ledger(oid), self.node.index.get_object(oid)) for oid in ids]
+        return [(self.ledger(oid), self.node.index.get_object(oid)) for oid in known_objects(self.node)]
 
     def node_status(self) -> NodeStatus:
         """Uptime, addresses, peers and traffic."""
@@ -455,6 +453,13 @@ class NodeService:
 
 def _catalog_message(entry: CatalogEntry) -> m.Catalog:
     return m.Catalog(entry.object_id, entry.storage_class, entry.total_blocks, entry.k, entry.n, entry.size)
+
+
+def known_objects(node: LocalNode) -> list[bytes]:
+    """The cloud's objects, then those known only here, each once."""
+    ids = dict.fromkeys(e.object_id for e in node.index.catalog())
+    ids.update(dict.fromkeys(r.object_id for r in node.index.objects()))
+    return list(ids)
 
 
 def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: CloudDoc | None) -> ObjectStatus:

@@ -391,12 +391,10 @@ class Index:
         rows = self._query("SELECT doc FROM cloud WHERE id = 1")
         return bytes(rows[0][0]) if rows else None
 
-    def set_cloud_doc(self, doc: bytes | None) -> None:
-        """Replace (or, with None, forget) the cloud document."""
+    def set_cloud_doc(self, doc: bytes) -> None:
+        """Replace the cloud document (leaving the cloud is `leave_cloud`)."""
         with self.transaction() as db:
-            db.execute("DELETE FROM cloud")
-            if doc is not None:
-                db.execute("INSERT INTO cloud (id, doc) VALUES (1, ?)", (doc,))
+            db.execute("INSERT OR REPLACE INTO cloud (id, doc) VALUES (1, ?)", (doc,))
 
     def add_invite(self, secret_hash: bytes, expires_at: float | None) -> None:
         """Remember an invite this admin issued (only its hash)."""
@@ -480,10 +478,6 @@ class Index:
             ):
                 out.add(bid)
         return out
-
-    def held(self, object_id: bytes) -> set[bytes]:
-        """Blocks of an object kept for the cloud."""
-        return {bytes(r[0]) for r in self._query("SELECT block_id FROM holds WHERE object_id = ?", (object_id,))}
 
 
 def _insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
