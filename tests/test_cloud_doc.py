@@ -101,3 +101,14 @@ def test_decoder_rejects_structured_garbage(body: dict[str, bytes]) -> None:
 def test_document_body_decoder_only_raises_format_errors(data: bytes) -> None:
     with pytest.raises(FormatError):
         CloudDoc.decode(data)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_invite_parser_rejects_garbage_cleanly(data: bytes) -> None:
+    from peercloud import textid
+
+    with pytest.raises(UsageError):
+        Invite.parse(textid.encode("pcinv1", data))  # a well-formed wrapper around junk
+    with pytest.raises(UsageError):
+        Invite.parse(data.decode("latin-1"))
