@@ -2,7 +2,8 @@
 
 An admin signs each version; members keep the newest valid one and pass it on when they meet.
 A new version is accepted only when it is signed by an admin *of the version the receiver
-already holds*, so an ordinary member, an outsider or a removed admin cannot rewrite the cloud.
+already holds*, so an ordinary member, an outsider, or a removed admin (once the receiver holds
+the version that removed it) cannot rewrite the cloud.
 Two admins editing at once produce two versions with the same number: every member keeps the
 one whose body hashes lower, so all converge on the same document.
 
