@@ -18,7 +18,7 @@ from peercloud.content.segment import SegmentCodec
 from peercloud.errors import NotFoundError, UsageError
 from peercloud.node.pipeline import ordered_map
 from peercloud.store.blockstore import BlockStore, Staged
-from peercloud.store.index import ObjectRecord
+from peercloud.store.index import CatalogEntry, ObjectRecord
 
 MANIFEST_SEGMENT = -1  # object_blocks row that names the manifest block itself
 COMMIT_BYTES = 64 * 1024 * 1024
@@ -59,8 +59,12 @@ def add_file(
     workers: int,
     convergence_secret: bytes | None = None,
     progress: Progress | None = None,
+    for_cloud: bool = False,
 ) -> AddResult:
-    """Store the file at `path` as a new object of class `cls` on this node."""
+    """Store the file at `path` as a new object of class `cls` on this node.
+
+    `for_cloud`: the object joins this node's cloud (catalog + holds) instead of being pinned.
+    """
     try:
         size = path.stat().st_size
         if not path.is_file():
@@ -115,7 +119,11 @@ def add_file(
         committed.append(staged_manifest)
         record = ObjectRecord(manifest.object_id, path.name, read, cls.name, time.time(), key)
         blocks = [*manifest.blocks(), (MANIFEST_SEGMENT, 0, manifest.object_id)]
-        store.index.add_object(record, blocks, pin=True)
+        entry = None
+        if for_cloud:
+            k, n = cls.coding.k, cls.coding.n
+            entry = CatalogEntry(manifest.object_id, cls.name, len(manifest.blocks()), k, n, read, record.added_at)
+        store.index.add_object(record, blocks, pin=not for_cloud, catalog=entry)
     except BaseException:
         store.abort(batch)
         # Blocks this add made visible but no object references must not linger as garbage.

@@ -57,7 +57,8 @@ class LocalNode:
         progress: ingest.Progress | None = None,
         classes: dict[str, StorageClass] | None = None,
     ) -> ingest.AddResult:
-        """Store a file as a new object in the given (or default) class, among `classes` (a cloud's)."""
+        """Store a file as a new object in the given (or default) class; with `classes` (a cloud's),
+        the object becomes the cloud's to place."""
         cls = lookup(class_name or self.config.default_class, classes)
         secret = self.home.secret_path.read_bytes() if convergent else None
         return ingest.add_file(
@@ -68,6 +69,7 @@ class LocalNode:
             workers=self.workers,
             convergence_secret=secret,
             progress=progress,
+            for_cloud=classes is not None,
         )
 
     def resolve(self, text: str) -> ReadCap | VerifyCap:

@@ -192,20 +192,7 @@ class NodeService:
             classes=doc.class_map if doc else None,
         )
         manifest = result.manifest
-        if doc is not None:
-            # The cloud decides where copies live: our blocks become holds it may release.
-            blocks = [bid for _, _, bid in manifest.blocks()]
-            record = self.node.index.get_object(manifest.object_id)
-            entry = CatalogEntry(
-                manifest.object_id,
-                record.storage_class if record else "-",
-                len(blocks),
-                manifest.coding.k,
-                manifest.coding.n,
-                manifest.size,
-                time.time(),
-            )
-            self.node.index.adopt(entry, [*blocks, manifest.object_id])
+        for entry in self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over
             self._publish_catalog(entry)
         self._announce(manifest.object_id)
         return result

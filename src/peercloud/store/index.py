@@ -237,8 +237,19 @@ class Index:
 
     # -- objects
 
-    def add_object(self, record: ObjectRecord, blocks: Iterable[tuple[int, int, bytes]], pin: bool) -> None:
-        """Record an object, its (segment, share, block) list and optionally a pin, atomically."""
+    def add_object(
+        self,
+        record: ObjectRecord,
+        blocks: Iterable[tuple[int, int, bytes]],
+        pin: bool,
+        catalog: CatalogEntry | None = None,
+    ) -> None:
+        """Record an object, its (segment, share, block) list and a pin, atomically.
+
+        With `catalog`, the object is the cloud's instead: listed in the catalog and its blocks
+        held for the cloud (which may release them), in the same transaction.
+        """
+        blocks = list(blocks)
         with self.transaction() as db:
             db.execute(
                 """INSERT INTO objects (id, name, size, class, added_at, read_key) VALUES (?, ?, ?, ?, ?, ?)
@@ -252,6 +263,12 @@ class Index:
             )
             if pin:
                 db.execute("INSERT OR IGNORE INTO pins (object_id) VALUES (?)", (record.object_id,))
+            if catalog is not None:
+                db.executemany(
+                    "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)",
+                    [(record.object_id, bid) for _, _, bid in blocks],
+                )
+                _insert_catalog(db, catalog)
 
     def _record(self, row: Any) -> ObjectRecord:
         oid, name, size, cls, added, key, local, total = row
@@ -425,16 +442,6 @@ class Index:
         """Record an object of the cloud; the first entry for an object stays. True when new."""
         with self.transaction() as db:
             return _insert_catalog(db, entry)
-
-    def adopt(self, entry: CatalogEntry, block_ids: Iterable[bytes]) -> None:
-        """In one transaction: an object just added becomes the cloud's (held, not pinned, listed)."""
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)",
-                [(entry.object_id, b) for b in block_ids],
-            )
-            db.execute("DELETE FROM pins WHERE object_id = ?", (entry.object_id,))
-            _insert_catalog(db, entry)
 
     def leave_cloud(self) -> None:
         """Forget the cloud, its catalog and what was held for it, in one transaction."""
