@@ -148,14 +148,8 @@ class NodeService:
     # -- what we hold
 
     def local_bitmap(self, object_id: bytes) -> bytes | None:
-        """Our HAVE bitmap for an object, or None when we know nothing of it.
-
-        For the cloud's objects it names only blocks we keep (pinned or held): a cache left by
-        a get is no copy the cloud can count on.
-        """
-        index = self.node.index
-        cached_too = index.is_pinned(object_id) or not index.catalog(object_id)
-        local = index.local_indexes(object_id, held_only=not cached_too)
+        """Our HAVE bitmap for an object, or None when we know nothing of it."""
+        local = holding_here(self.node, object_id)
         if local is None:
             return None
         rec = self.node.index.get_object(object_id)
@@ -345,6 +339,9 @@ class NodeService:
 
         await asyncio.to_thread(rebuild)
         log.info("rebuilt %d lost share(s) of %s", len(lost), manifest.object_id.hex()[:12])
+        # The other shares were only needed to decode: what nothing keeps goes again.
+        helpers = [manifest.block(s, j) for s in segments for j in range(n)]
+        await self._drop(manifest.object_id, helpers)
 
     async def release(self, object_id: bytes, shares: tuple[int, ...]) -> None:
         """Stop keeping share columns for the cloud, unless that would leave the object short.
@@ -449,6 +446,17 @@ def known_objects(node: LocalNode) -> list[bytes]:
     return list(ids)
 
 
+def holding_here(node: LocalNode, object_id: bytes) -> list[int] | None:
+    """Positions of the object's blocks this node counts as holding (None: object unknown).
+
+    For the cloud's objects only blocks it keeps (pinned or held): a cache a get left behind
+    is no copy the cloud can count on. What we announce and what our ledger shows agree.
+    """
+    index = node.index
+    cached_too = index.is_pinned(object_id) or not index.catalog(object_id)
+    return index.local_indexes(object_id, held_only=not cached_too)
+
+
 def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: CloudDoc | None) -> ObjectStatus:
     """Ledger view from the index alone (works without the daemon: peers then show offline)."""
     entries = node.index.catalog(object_id)
@@ -463,7 +471,7 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
     else:
         raise NotFoundError(f"unknown object {object_id.hex()}: not in this node's cloud or store")
     classes = doc.class_map if doc else DEFAULT_CLASSES
-    local = node.index.local_indexes(object_id) or []
+    local = holding_here(node, object_id) or []
     holders = []
     for _, h in node.index.holdings(object_id):
         pid = PeerId(h.peer_id)
