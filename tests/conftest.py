@@ -2,10 +2,14 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from .daemons import Daemon
 
 CLI_ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 CLI_ENV.pop("PEERCLOUD_HOME", None)
@@ -58,3 +62,22 @@ def make_file(tmp_path: Path) -> Callable[..., Path]:
         return p
 
     return make
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Callable[..., "Daemon"]]:
+    """Start real daemons by name (optionally on a given peer port); all are stopped, and checked, after."""
+    from .daemons import start_daemon
+
+    started: list[Daemon] = []
+
+    def start(name: str, port: int = 0) -> "Daemon":
+        d = start_daemon(tmp_path / name, port)
+        started.append(d)
+        return d
+
+    yield start
+    codes = [d.stop() for d in started]
+    for d, code in zip(started, codes, strict=True):
+        assert code in (0, -9), (d.home / "daemon.log").read_text()  # clean exit, or killed by the test
+        assert not (d.home / "daemon.json").exists() or code == -9

@@ -3,7 +3,7 @@
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +15,9 @@ from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, dial
 from peercloud.wire import messages as m
 
-from .daemons import Daemon, start_daemon, wait_for
+from .daemons import Daemon, wait_for
 
 Start = Callable[..., Daemon]
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Start]:
-    started: dict[str, Daemon] = {}
-
-    def start(name: str, port: int = 0) -> Daemon:
-        d = start_daemon(tmp_path / name, port)
-        started[name] = d
-        return d
-
-    yield start
-    for d in started.values():
-        code = d.stop()
-        assert code in (0, -9), (d.home / "daemon.log").read_text()
 
 
 def invite(admin: Daemon, *args: str) -> str:

@@ -7,7 +7,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,23 +17,7 @@ from peercloud.net.link import Address, PeerError, PeerLink, dial, listen
 from peercloud.wire import messages as m
 
 from .conftest import run_cli, run_cli_async
-from .daemons import Daemon, block_files, connected, start_daemon, wait_for
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
-    started: list[Daemon] = []
-
-    def start(name: str) -> Daemon:
-        d = start_daemon(tmp_path / name)
-        started.append(d)
-        return d
-
-    yield start
-    codes = [d.stop() for d in started]
-    for d, code in zip(started, codes, strict=True):
-        assert code in (0, -9), (d.home / "daemon.log").read_text()  # clean exit, or killed by the test
-        assert not (d.home / "daemon.json").exists() or code == -9
+from .daemons import Daemon, block_files, connected, wait_for
 
 
 def link(a: Daemon, b: Daemon) -> None:

@@ -21,7 +21,7 @@ from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, ra
 from peercloud.errors import PeercloudError, RefusedError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
-from peercloud.store.index import CatalogEntry
+from peercloud.store.index import CatalogEntry, Holding
 from peercloud.wire import messages as m
 
 if TYPE_CHECKING:
@@ -89,7 +89,9 @@ class Reconciler:
         since = self.service.peers.last_seen.get(PeerId(peer), self.started)
         return time.time() - max(since, self.started)
 
-    def holders(self, entry: CatalogEntry, doc: CloudDoc, grace: float, online: set[bytes]) -> dict[bytes, set[int]]:
+    def holders(
+        self, entry: CatalogEntry, doc: CloudDoc, grace: float, online: set[bytes], rows: list[Holding]
+    ) -> dict[bytes, set[int]]:
         """Members' proved full columns held for the cloud, online or offline within the grace.
 
         Copies pinned by hand are extras on top of the class, and blocks a get left behind are
@@ -101,7 +103,7 @@ class Reconciler:
         local = index.local_indexes(entry.object_id, held_only=True)
         if local and not index.is_pinned(entry.object_id):
             out[self.me] = full_columns(local, entry.n, segments)
-        for _, h in index.holdings(entry.object_id):
+        for h in rows:
             if doc.member(PeerId(h.peer_id)) is None or h.failed_at is not None or h.pinned:
                 continue  # outsiders, failed audits and copies pinned by hand are not the cloud's
             if h.peer_id not in online and self.offline_for(h.peer_id) > grace:
@@ -142,8 +144,10 @@ class Reconciler:
             position = rank_of(entry.object_id, mine, others, BACKUPS + 1)
             if cls is None or position > BACKUPS:
                 continue
-            holders = self.holders(entry, doc, cls.grace, online)
-            pending = self._pending(entry.object_id, holders, online, now)
+            rows = [h for _, h in self.service.node.index.holdings(entry.object_id)]
+            holders = self.holders(entry, doc, cls.grace, online, rows)
+            failed = {h.peer_id for h in rows if h.failed_at is not None}
+            pending = self._pending(entry.object_id, holders, online, failed, now)
             willing = [c for c in ranked if (entry.object_id, c.peer) not in self.refused]
             decision = plan(cls, entry.n, sizes[entry.object_id], holders, online, willing, tags, pending)
             self.notes[entry.object_id] = decision.note
@@ -188,9 +192,8 @@ class Reconciler:
         return out
 
     def _pending(
-        self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], now: float
+        self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], failed: set[bytes], now: float
     ) -> dict[bytes, set[int]]:
-        failed = {h.peer_id for _, h in self.service.node.index.holdings(object_id) if h.failed_at is not None}
         out = {}
         for (oid, peer), (cols, _, _) in list(self.pending.items()):
             if oid != object_id:

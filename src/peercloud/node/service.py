@@ -375,8 +375,9 @@ class NodeService:
             await self._drop(object_id, blocks)
 
     async def _drop(self, object_id: bytes, blocks: list[bytes]) -> None:
-        index = self.node.index
-        doomed = [b for b in dict.fromkeys(blocks) if self.node.store.has(b) and b not in index.kept([b])]
+        stored = [b for b in dict.fromkeys(blocks) if self.node.store.has(b)]
+        kept = self.node.index.kept(stored)
+        doomed = [b for b in stored if b not in kept]
         await asyncio.to_thread(self.node.store.delete, doomed)
         self._announce(object_id)
 
