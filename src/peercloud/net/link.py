@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from peercloud.errors import PeercloudError
 from peercloud.identity import Identity, PeerId
@@ -73,7 +74,6 @@ class PeerLink(asyncio.BufferedProtocol):
         self._on_closed = on_closed
         self._writable = asyncio.Event()
         self._writable.set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: dict[int, asyncio.Task[None]] = {}
         self.established: asyncio.Future[c.Established] = self._loop.create_future()
         self.closed: asyncio.Future[c.Closed] = self._loop.create_future()
@@ -218,11 +218,11 @@ class PeerLink(asyncio.BufferedProtocol):
             if fut is not None and not fut.done():
                 fut.set_exception(PeerError(f"peer {self._name()} did not answer in time"))
         elif isinstance(event, c.Request):
-            task = self._loop.create_task(self._handle(event.message))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
             rid = getattr(event.message, "id", 0)
+            task = self._loop.create_task(self._handle(event.message))
             self._handlers[rid] = task
+            # Runs even for a handler cancelled before it started (a Cancel right behind its request).
+            task.add_done_callback(partial(self._finished, rid))
         elif isinstance(event, c.Notice):
             if isinstance(event.message, m.Cancel):
                 handler = self._handlers.get(event.message.id)
@@ -242,9 +242,10 @@ class PeerLink(asyncio.BufferedProtocol):
         except Exception as e:
             log.warning("request handler failed for %s from %s: %s", msg.TYPE, self._name(), e)
             self.respond(rid, m.Error(rid, "other", "internal error"))
-        finally:
-            self._handlers.pop(rid, None)
-            self.conn.finish_request(rid)
+
+    def _finished(self, rid: int, _: object) -> None:
+        self._handlers.pop(rid, None)
+        self.conn.finish_request(rid)
 
     def _on_close(self, event: c.Closed) -> None:
         level = logging.WARNING if event.error else logging.INFO
@@ -260,7 +261,7 @@ class PeerLink(asyncio.BufferedProtocol):
             self.closed.set_result(event)
         if self._transport is not None:
             self._transport.close()
-        for task in self._tasks:
+        for task in list(self._handlers.values()):
             task.cancel()
         if self._on_closed is not None:
             self._on_closed(self)

@@ -219,10 +219,10 @@ class PeerConnection:
         """Answer a Request event (unless the peer cancelled it meanwhile)."""
         if request_id not in self._inflight_from_peer or self.state is not State.OPEN:
             return
+        cancelled = request_id in self._cancelled_by_peer
         self.finish_request(request_id)
-        if request_id not in self._cancelled_by_peer:
+        if not cancelled:
             self._send_frame(msg, payload)
-        self._cancelled_by_peer.discard(request_id)
 
     def finish_request(self, request_id: int) -> None:
         """The handler of a peer's request is done (answered or not): its slot is free again.
@@ -231,6 +231,7 @@ class PeerConnection:
         used to run more than `max_inflight` handlers at once.
         """
         self._inflight_from_peer.discard(request_id)
+        self._cancelled_by_peer.discard(request_id)
 
     def notify(self, msg: m.Notice) -> None:
         """Send a one-way message."""
