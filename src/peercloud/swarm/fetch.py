@@ -54,9 +54,7 @@ class _State:
     order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
     order_version: int = -1
     cursor: int = 0  # order[:cursor] is all done
-
-    def open_groups(self) -> int:
-        return sum(1 for g in self.groups if g.need > 0)
+    open: int = 0  # groups still needing blocks (counted, not rescanned: a get may have 500,000)
 
     def wanted(self, bid: bytes) -> bool:
         group = self.groups[self.group_of[bid]]
@@ -78,13 +76,14 @@ async def fetch(
     """
     st = _State(store, _distinct(groups), holders)
     st.flying = [0] * len(st.groups)
+    st.open = len(st.groups)  # _distinct keeps only groups that need something
     for gi, g in enumerate(st.groups):
         for bid in g.candidates:
             st.group_of[bid] = gi
     tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]] = {}
     fetched = 0
     try:
-        while st.open_groups():
+        while st.open:
             _schedule(peers, st, tasks)
             stalled_since = time.monotonic()
             while not tasks:  # nothing to ask anyone: wait for a peer or a HAVE, for a while
@@ -242,6 +241,8 @@ def _complete(
     if bid not in group.candidates:
         return 0  # an endgame duplicate of a block already stored
     group.need -= 1
+    if group.need == 0:
+        st.open -= 1
     group.candidates.remove(bid)
     # Withdraw requests made redundant: the same block from another peer (endgame), or other
     # shares of a segment that now has enough.
