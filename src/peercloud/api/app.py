@@ -24,8 +24,6 @@ from peercloud.identity import PeerId
 from peercloud.node.service import NodeService
 from peercloud.swarm.peers import parse_peer
 
-TOKEN_FILE = "api.token"
-
 
 class AddRequest(BaseModel):
     """Add the file at `path` (on the daemon's machine)."""

@@ -4,7 +4,7 @@ from typing import Any
 
 from peercloud.cloud.classes import StorageClass
 from peercloud.cloud.document import CloudDoc
-from peercloud.cloud.ledger import Health, ObjectStatus
+from peercloud.cloud.ledger import Health, ObjectStatus, bit_count
 from peercloud.content.caps import VerifyCap
 from peercloud.identity import PeerId
 from peercloud.node.fsck import FsckReport
@@ -172,11 +172,7 @@ def peers(infos: list[PeerInfo], index: Index) -> list[dict[str, Any]]:
     ours = {r.object_id for r in index.objects() if r.local_blocks}
     rows = []
     for p in infos:
-        held = sum(
-            bin(int.from_bytes(bitmap, "big")).count("1")
-            for oid, bitmap in index.peer_holdings(p.peer_id.public_key)
-            if oid in ours
-        )
+        held = sum(bit_count(bitmap) for oid, bitmap in index.peer_holdings(p.peer_id.public_key) if oid in ours)
         rows.append(
             {
                 "peer_id": str(p.peer_id),

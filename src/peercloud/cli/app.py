@@ -19,7 +19,7 @@ from rich.table import Table
 from peercloud import __version__
 from peercloud.cli import cloud as cloud_commands
 from peercloud.cli.backend import Backend, open_backend
-from peercloud.cli.output import block_map, err, out, print_json, progress_bar
+from peercloud.cli.output import JsonFlag, block_map, err, node_home, out, print_json, progress_bar
 from peercloud.errors import PeercloudError
 from peercloud.identity import Identity
 from peercloud.net.link import Address
@@ -40,17 +40,10 @@ app.add_typer(peers_app, name="peers")
 app.add_typer(cloud_commands.cloud_app, name="cloud")
 app.add_typer(cloud_commands.class_app, name="class")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-
-
-def _home(ctx: typer.Context) -> NodeHome:
-    home: NodeHome = ctx.find_root().obj
-    return home
-
 
 @contextmanager
 def _backend(ctx: typer.Context) -> Iterator[Backend]:
-    backend = open_backend(_home(ctx))
+    backend = open_backend(node_home(ctx))
     try:
         yield backend
     finally:
@@ -80,7 +73,7 @@ def _main(
 @app.command()
 def init(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Create a node home: key, config, index and block folder. Never replaces an existing key."""
-    home = _home(ctx)
+    home = node_home(ctx)
     created = home.init()
     peer_id = Identity.load(home.key_path).peer_id
     if json:
@@ -96,7 +89,7 @@ def init(ctx: typer.Context, json: JsonFlag = False) -> None:
 @app.command("id")
 def show_id(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Print this node's peer ID."""
-    home = _home(ctx)
+    home = node_home(ctx)
     home.require()
     peer_id = Identity.load(home.key_path).peer_id
     if json:
@@ -120,7 +113,7 @@ def up(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    home = _home(ctx)
+    home = node_home(ctx)
     asyncio.run(daemon.run(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line)))
 
 

@@ -87,6 +87,8 @@ class LocalBackend:
 
     def __init__(self, home: NodeHome) -> None:
         self.node = LocalNode(home)
+        raw = self.node.index.cloud_doc()
+        self.doc = SignedDoc.decode(raw).doc if raw else None
 
     def close(self) -> None:
         """Release the index."""
@@ -122,8 +124,7 @@ class LocalBackend:
         return views.summary([(self._ledger(oid), self.node.index.get_object(oid)) for oid in ids])
 
     def _ledger(self, object_id: bytes) -> ObjectStatus:
-        raw = self.node.index.cloud_doc()
-        return ledger_view(self.node, object_id, set(), SignedDoc.decode(raw).doc if raw else None)
+        return ledger_view(self.node, object_id, set(), self.doc)
 
     def unpin(self, cap: str) -> dict[str, Any]:
         """Unpinning checks the live ledger."""

@@ -19,12 +19,8 @@ from peercloud.errors import (
 from peercloud.node.home import NodeHome
 
 _BY_CODE: dict[int, type[PeercloudError]] = {
-    2: UsageError,
-    3: NotFoundError,
-    4: QuotaExceededError,
-    5: IntegrityError,
-    6: DaemonNeededError,
-    7: RefusedError,
+    e.exit_code: e
+    for e in (UsageError, NotFoundError, QuotaExceededError, IntegrityError, DaemonNeededError, RefusedError)
 }
 Progress = Callable[[str, int], None]
 

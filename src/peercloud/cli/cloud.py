@@ -11,17 +11,15 @@ import typer
 from rich.table import Table
 
 from peercloud.cli.client import DaemonClient
-from peercloud.cli.output import out, print_json
+from peercloud.cli.output import JsonFlag, node_home, out, print_json
 from peercloud.cloud.classes import DEFAULT_GRACE, format_duration, parse_duration
 from peercloud.errors import DaemonNeededError, UsageError
 from peercloud.identity import PeerId
-from peercloud.node.home import NodeHome
 from peercloud.units import format_size, parse_size
 
 cloud_app = typer.Typer(help="The cloud this node belongs to: create, invite, join, members, leave.")
 class_app = typer.Typer(help="Storage classes of the cloud: how many copies or which erasure code.")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OfferOption = Annotated[
     str | None, typer.Option("--offer", help="Storage offered to the cloud, e.g. 50GiB [default: free disk space].")
 ]
@@ -29,7 +27,7 @@ TagOption = Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, e
 
 
 def _client(ctx: typer.Context) -> DaemonClient:
-    home: NodeHome = ctx.find_root().obj
+    home = node_home(ctx)
     home.require()
     client = DaemonClient.find(home)
     if client is None:
@@ -39,8 +37,7 @@ def _client(ctx: typer.Context) -> DaemonClient:
 
 def _offer(ctx: typer.Context, text: str | None) -> int:
     if text is None:
-        home: NodeHome = ctx.find_root().obj
-        return shutil.disk_usage(home.path).free
+        return shutil.disk_usage(node_home(ctx).path).free
     try:
         return parse_size(text)
     except ValueError as e:

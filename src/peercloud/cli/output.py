@@ -4,8 +4,9 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -16,6 +17,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from peercloud.node.home import NodeHome
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -67,3 +71,9 @@ def block_map(blocks: list[int], total: int, width: int = 48) -> str:
         have = sum(1 for i in range(lo, hi) if i in held)
         out.append("█" if have == hi - lo else "▒" if have else "·")
     return "".join(out)
+
+
+def node_home(ctx: typer.Context) -> NodeHome:
+    """The node home `--home` chose: the root command keeps it as its context object."""
+    home: NodeHome = ctx.find_root().obj
+    return home

@@ -26,6 +26,11 @@ def bitmap_from_indexes(total: int, indexes: Iterable[int]) -> bytes:
     return bytes(out)
 
 
+def bit_count(bitmap: bytes) -> int:
+    """How many blocks a bitmap names."""
+    return int.from_bytes(bitmap, "big").bit_count()
+
+
 def indexes_from_bitmap(bitmap: bytes, total: int) -> list[int]:
     """Unpack a bitmap; bits past `total` (or past the bitmap) are ignored."""
     value = int.from_bytes(bitmap, "big")

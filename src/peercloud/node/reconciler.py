@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from peercloud.cloud.document import CloudDoc
-from peercloud.cloud.ledger import indexes_from_bitmap
+from peercloud.cloud.ledger import bit_count, indexes_from_bitmap
 from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, rank_of
 from peercloud.errors import PeercloudError, RefusedError
 from peercloud.identity import PeerId
@@ -120,7 +120,7 @@ class Reconciler:
         for object_id, h in self.service.node.index.holdings():
             size = per_block.get(object_id)
             if size is not None:
-                out[h.peer_id] = out.get(h.peer_id, 0) + bin(int.from_bytes(h.bitmap, "big")).count("1") * size
+                out[h.peer_id] = out.get(h.peer_id, 0) + bit_count(h.bitmap) * size
         out[self.me] = self.service.node.store.used
         return out
 

@@ -234,12 +234,11 @@ class NodeService:
         store, coding = self.node.store, manifest.coding
         groups = []
         for seg in range(manifest.segment_count):
-            shares = [manifest.block(seg, j) for j in range(coding.n)]
-            have = sum(1 for b in shares if store.has(b))
+            missing = [b for b in (manifest.block(seg, j) for j in range(coding.n)) if not store.has(b)]
             if all_blocks:
-                groups += [fetch.Group([b], 1) for b in shares if not store.has(b)]
+                groups += [fetch.Group([b], 1) for b in missing]
             else:
-                groups.append(fetch.Group([b for b in shares if not store.has(b)], coding.k - have))
+                groups.append(fetch.Group(missing, coding.k - (coding.n - len(missing))))
         await fetch.fetch(self.peers, store, groups, self._holders(manifest), progress)
 
     def _record(self, manifest: Manifest, name: str, key: bytes | None, pin: bool) -> None:
@@ -410,8 +409,7 @@ class NodeService:
 
     def status(self, text: str) -> tuple[ObjectStatus, ObjectRecord | None, str]:
         """The ledger's view of one object, for `status OBJ`, with the placement note."""
-        cap = self.node.resolve(text) if len(text) != 64 else None
-        object_id = cap.object_id if cap else bytes.fromhex(text)
+        object_id = self.node.resolve(text).object_id
         return self.ledger(object_id), self.node.index.get_object(object_id), self.reconciler.notes.get(object_id, "")
 
     def summary(self) -> list[tuple[ObjectStatus, ObjectRecord | None]]:
