@@ -118,8 +118,14 @@ class FakePeer:
         def on_established(lk: PeerLink) -> None:
             lk.notify(m.Have(self.object_id, b"\xff" * ((self.total + 7) // 8)))
 
+        def on_notice(lk: PeerLink, msg: m.Message) -> None:
+            if isinstance(msg, m.HaveQuery):  # the node just learned the object: claim it all again
+                on_established(lk)
+
         hello = m.Hello(m.PROTOCOL_VERSION, ("blocks",), "liar")
-        self.server = await listen("127.0.0.1", 0, self.identity, hello, on_request, on_established=on_established)
+        self.server = await listen(
+            "127.0.0.1", 0, self.identity, hello, on_request, on_established=on_established, on_notice=on_notice
+        )
         self.port = self.server.sockets[0].getsockname()[1]
 
     @property
@@ -211,10 +217,15 @@ def test_api_requires_the_token(daemons: Callable[[str], Daemon]) -> None:
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
         assert info.value.code == 401
-    spec = json.loads(urllib.request.urlopen(f"http://{a.state['api']}/openapi.json", timeout=10).read())
-    assert {"/v1/objects", "/v1/peers", "/v1/get", "/v1/pin", "/v1/node"} <= set(spec["paths"])
     token = (a.home / "api.token").read_text().strip()
-    ok = urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}))
+    auth = {"Authorization": f"Bearer {token}"}
+    spec_url = f"http://{a.state['api']}/openapi.json"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(spec_url, timeout=10)
+    assert info.value.code == 401
+    spec = json.loads(urllib.request.urlopen(urllib.request.Request(spec_url, headers=auth), timeout=10).read())
+    assert {"/v1/objects", "/v1/peers", "/v1/get", "/v1/pin", "/v1/node"} <= set(spec["paths"])
+    ok = urllib.request.urlopen(urllib.request.Request(url, headers=auth))
     assert json.loads(ok.read()) == []
 
 

@@ -1,20 +1,40 @@
 """The daemon's REST API (FastAPI), on loopback, guarded by the token in the node home.
 
-Long operations (add, get, pin) answer with NDJSON: progress lines `{"progress": bytes}` while
-they run, then one `{"result": {...}}` or `{"error": "...", "exit_code": N}` line, so the CLI
-can draw a progress bar for work the daemon does.
+Every route needs `Authorization: Bearer <token>` (the token is `api.token` in the node home),
+`/openapi.json` included. The Swagger UI page `/docs` also takes the token as `?token=…` so a
+browser can open it: it answers with an HttpOnly, SameSite=Strict cookie limited to `/docs`
+(which lets the browser fetch the page's scripts and styles, served from this process, never a
+CDN) and hands the token to the page, which sends it as the Bearer header on its own calls.
+
+Errors are HTTP statuses with a JSON body `{"error": "...", "exit_code": N}` (N is the CLI's
+exit code; FastAPI's validation errors keep their `detail` too and answer 422).
+
+Long operations (add, get, pin) answer with NDJSON: an optional `{"total": bytes}`, progress
+lines `{"progress": bytes}` while they run, then one `{"result": {...}}` line, so the CLI can
+draw a progress bar for work the daemon does. Such a request waits for the work's first event
+before it answers: a failure before any progress (a missing file, an unknown object, a bad cap)
+is an HTTP error status like any other route's. A failure after progress lines were sent can
+no longer change the status (200 is already on the wire), so it ends the stream with one
+`{"error": "...", "exit_code": N}` line instead.
 """
 
 import asyncio
+import html
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peercloud import __version__
 from peercloud.api import views
@@ -93,100 +113,253 @@ class ClassRequest(BaseModel):
     grace: float = DEFAULT_GRACE
 
 
+log = logging.getLogger(__name__)
+
+DOCS_COOKIE = "peercloud_docs"
+# Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes), as shipped by fastapi-offline.
+_DOCS_ASSETS = resources.files("fastapi_offline") / "static"
+_DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+_UNAUTHORIZED = "missing or wrong API token (see api.token in the node home)"
+# Exit codes for the errors FastAPI raises itself: unknown route, malformed request
+_HTTP_EXIT_CODES = {400: 2, 404: 3, 405: 2, 413: 2, 422: 2}
+
+
 def _status_code(e: PeercloudError) -> int:
     return {2: 400, 3: 404, 4: 507, 5: 422, 7: 403}.get(e.exit_code, 500)
 
 
+def _as_error(e: Exception) -> PeercloudError:
+    """The user-facing error for a failure: an OSError names the file, a bug says it is one."""
+    if isinstance(e, PeercloudError):
+        return e
+    if isinstance(e, OSError):
+        message = f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+        return NotFoundError(message) if isinstance(e, FileNotFoundError) else PeercloudError(message)
+    return PeercloudError(f"internal error ({type(e).__name__}: {e}); see the daemon's log")
+
+
+def _error_body(e: PeercloudError) -> dict[str, Any]:
+    return {"error": str(e), "exit_code": e.exit_code}
+
+
+def _file_size(path: Path) -> int | None:
+    """The total for the progress bar; None when unknown (the add itself then says what is wrong)."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _docs_html(title: str, token: str) -> str:
+    """Swagger UI with local assets; its requests carry the token as the Bearer header."""
+    # JSON is valid JavaScript; escaping <, > and & keeps the string from closing the <script>
+    js_token = json.dumps(token).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
+<link rel="icon" type="image/png" href="/docs/assets/favicon.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script>
+const token = {js_token};
+window.ui = SwaggerUIBundle({{
+  url: "/openapi.json",
+  dom_id: "#swagger-ui",
+  layout: "BaseLayout",
+  deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  requestInterceptor: (request) => {{
+    if (!request.headers.Authorization) request.headers.Authorization = "Bearer " + token;
+    return request;
+  }},
+}});
+</script>
+</body>
+</html>
+"""
+
+
 def create_app(service: NodeService, token: str) -> FastAPI:
     """Build the API around a running NodeService."""
+    secret = token.encode()
+    bearer = HTTPBearer(auto_error=False, description="The token in `api.token` in the node home.")
 
-    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
-        if authorization is None or not secrets.compare_digest(authorization, f"Bearer {token}"):
-            raise HTTPException(401, "missing or wrong API token (see api.token in the node home)")
+    def matches(candidate: str | None) -> bool:
+        return candidate is not None and secrets.compare_digest(candidate.encode(), secret)
+
+    def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if credentials is None or not matches(credentials.credentials):
+            raise HTTPException(401, _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+    def docs_authorized(request: Request, query: bool = False) -> None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if not (
+            (scheme.lower() == "bearer" and matches(value))
+            or matches(request.cookies.get(DOCS_COOKIE))
+            or (query and matches(request.query_params.get("token")))
+        ):
+            detail = f"{_UNAUTHORIZED}; in a browser, open /docs?token=<token>"
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(
         title="peercloud node API",
         version=__version__,
-        dependencies=[Depends(authorized)],
-        description="Local control API of one peercloud node. Every call needs `Authorization: Bearer <token>`.",
+        openapi_url=None,  # served below, behind the token
+        docs_url=None,
+        redoc_url=None,
+        description=(
+            "Local control API of one peercloud node. Every call needs `Authorization: Bearer <token>` "
+            "(the token is `api.token` in the node home). Errors answer with an HTTP status and "
+            '`{"error": "...", "exit_code": N}`, N being the CLI\'s exit code.'
+        ),
     )
+    api = APIRouter(dependencies=[Depends(authorized)])
+    running: set[asyncio.Task[None]] = set()  # streamed work, referenced until it ends
 
     @app.exception_handler(PeercloudError)
     async def _error(_: Request, e: PeercloudError) -> JSONResponse:
-        return JSONResponse({"error": str(e), "exit_code": e.exit_code}, status_code=_status_code(e))
+        return JSONResponse(_error_body(e), status_code=_status_code(e))
 
-    def stream(
-        run: Callable[[Callable[[int], None]], Awaitable[dict[str, Any]]], total: int | None
-    ) -> StreamingResponse:
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, e: OSError) -> JSONResponse:
+        return await _error(request, _as_error(e))
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> JSONResponse:  # logged by uvicorn too
+        return await _error(request, _as_error(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        body = {"error": str(e.detail), "exit_code": _HTTP_EXIT_CODES.get(e.status_code, 1), "detail": e.detail}
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: {err.get('msg', 'invalid')}"
+            for err in e.errors()
+        )
+        body = {"error": f"invalid request: {problems}", "exit_code": 2, "detail": jsonable_encoder(e.errors())}
+        return JSONResponse(body, status_code=422)
+
+    async def stream(
+        run: Callable[[Callable[[int], None]], Awaitable[dict[str, Any]]], total: int | None = None
+    ) -> Response:
+        """Start `run`; fail with a status if it fails before its first event, else stream NDJSON."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        if total is not None:
-            queue.put_nowait({"total": total})
+        queue: asyncio.Queue[dict[str, Any] | PeercloudError] = asyncio.Queue()
 
         def progress(n: int) -> None:  # called from worker threads too
             loop.call_soon_threadsafe(queue.put_nowait, {"progress": n})
 
         async def worker() -> None:
+            item: dict[str, Any] | PeercloudError
             try:
-                result = await run(progress)
-                line: dict[str, Any] = {"result": result}
-            except PeercloudError as e:
-                line = {"error": str(e), "exit_code": e.exit_code}
-            except OSError as e:
-                line = {"error": f"{e.strerror or e}: {e.filename or ''}".rstrip(": "), "exit_code": 1}
-            loop.call_soon_threadsafe(queue.put_nowait, line)
+                item = {"result": await run(progress)}
+            except Exception as e:
+                if not isinstance(e, PeercloudError | OSError):
+                    log.exception("%s failed", run.__qualname__)
+                item = _as_error(e)
+            # through the loop's queue of callbacks, so it comes after every progress line
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        task = loop.create_task(worker())
+        running.add(task)
+        task.add_done_callback(running.discard)
+        try:
+            first = await queue.get()
+        except BaseException:
+            task.cancel()
+            raise
+        if isinstance(first, PeercloudError):
+            return JSONResponse(_error_body(first), status_code=_status_code(first))
 
         async def lines() -> AsyncIterator[bytes]:
-            task = loop.create_task(worker())
             try:
+                if total is not None:
+                    yield (json.dumps({"total": total}) + "\n").encode()
+                item: dict[str, Any] | PeercloudError = first
                 while True:
-                    item = await queue.get()
-                    yield (json.dumps(item) + "\n").encode()
-                    if "result" in item or "error" in item:
+                    if isinstance(item, PeercloudError):
+                        yield (json.dumps(_error_body(item)) + "\n").encode()
                         break
+                    yield (json.dumps(item) + "\n").encode()
+                    if "result" in item:
+                        break
+                    item = await queue.get()
             finally:
                 if not task.done():
-                    task.cancel()
+                    task.cancel()  # the client went away
 
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
-    @app.get("/v1/node")
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        """The OpenAPI document, behind the token like everything else."""
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        """Swagger UI; a browser opens /docs?token=… and keeps the token in a cookie for the assets."""
+        docs_authorized(request, query=True)
+        page = HTMLResponse(
+            _docs_html(app.title, token),
+            headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"},
+        )
+        page.set_cookie(DOCS_COOKIE, token, path="/docs", httponly=True, samesite="strict")
+        return page
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(request: Request, name: str) -> Response:
+        """Swagger UI's script, style and icon, from the installed package (no CDN)."""
+        docs_authorized(request)
+        if name not in _DOCS_FILES:
+            raise NotFoundError(f"no docs asset {name!r}")
+        content = await asyncio.to_thread((_DOCS_ASSETS / name).read_bytes)
+        return Response(content, media_type=_DOCS_FILES[name], headers={"Cache-Control": "private, max-age=3600"})
+
+    @api.get("/v1/node")
     async def node_status() -> dict[str, Any]:
         """Uptime, listen addresses, peers and traffic."""
         return views.node_status(service.node_status())
 
-    @app.get("/v1/objects")
+    @api.get("/v1/objects")
     async def list_objects() -> list[dict[str, Any]]:
         """Objects known here."""
         return [views.object_row(r) for r in service.node.objects()]
 
-    @app.post("/v1/objects")
-    async def add(req: AddRequest) -> StreamingResponse:
+    @api.post("/v1/objects")
+    async def add(req: AddRequest) -> Response:
         """Add a file (streams progress)."""
 
         async def run(progress: Callable[[int], None]) -> dict[str, Any]:
             result = await service.add(Path(req.path), req.storage_class, req.convergent, progress)
             return views.add_result(result)
 
-        path = Path(req.path)
-        return stream(run, path.stat().st_size if path.is_file() else None)
+        return await stream(run, _file_size(Path(req.path)))
 
-    @app.get("/v1/objects/{ref}")
+    @api.get("/v1/objects/{ref}")
     async def info(ref: str) -> dict[str, Any]:
         """Manifest summary."""
         return views.info(service.node.info(ref))
 
-    @app.get("/v1/objects/{ref}/status")
+    @api.get("/v1/objects/{ref}/status")
     async def status(ref: str) -> dict[str, Any]:
         """Who holds which blocks of the object, and its health against its class."""
         return views.object_status(*service.status(ref))
 
-    @app.get("/v1/status")
+    @api.get("/v1/status")
     async def summary() -> dict[str, Any]:
         """Every object known here with its health."""
         return views.summary(service.summary())
 
-    @app.post("/v1/unpin")
+    @api.post("/v1/unpin")
     async def unpin(req: UnpinRequest) -> dict[str, Any]:
         """Drop this node's copy unless the class minimum needs it."""
         return views.object_status(await service.unpin(req.cap), None)
@@ -196,48 +369,48 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         used = service.reconciler.used(service.node.index.catalog())
         return views.cloud(doc, service.node.identity.peer_id, set(service.peers.links), used)
 
-    @app.get("/v1/cloud")
+    @api.get("/v1/cloud")
     async def cloud() -> dict[str, Any]:
         """The cloud document: members (online, offer, used, tags) and classes."""
         return cloud_view()
 
-    @app.post("/v1/cloud")
+    @api.post("/v1/cloud")
     async def cloud_create(req: CloudCreateRequest) -> dict[str, Any]:
         """Found a cloud with this node as admin."""
         service.membership.create(req.name, req.offer, req.tags)
         return cloud_view()
 
-    @app.post("/v1/cloud/invite")
+    @api.post("/v1/cloud/invite")
     async def cloud_invite(req: InviteRequest) -> dict[str, Any]:
         """A one-time invite token (admins only)."""
         invite = service.membership.invite(req.expires)
         return {"token": str(invite), "expires": invite.expires, "cloud_id": service.membership.require().text_id}
 
-    @app.post("/v1/cloud/join")
+    @api.post("/v1/cloud/join")
     async def cloud_join(req: JoinRequest) -> dict[str, Any]:
         """Join a cloud with an invite token."""
         await service.membership.join(req.token, req.offer, req.tags)
         return cloud_view()
 
-    @app.post("/v1/cloud/leave")
+    @api.post("/v1/cloud/leave")
     async def cloud_leave() -> dict[str, Any]:
         """Leave the cloud."""
         name = service.membership.require().name
         await service.membership.leave()
         return {"left": name}
 
-    @app.delete("/v1/cloud/members/{peer}")
+    @api.delete("/v1/cloud/members/{peer}")
     async def cloud_remove(peer: str) -> dict[str, Any]:
         """Remove a member (admins only)."""
         service.membership.remove(PeerId.parse(peer))
         return cloud_view()
 
-    @app.get("/v1/classes")
+    @api.get("/v1/classes")
     async def classes() -> list[dict[str, Any]]:
         """Storage classes in force (the cloud's, or the defaults)."""
         return [views.storage_class(c) for c in service.membership.classes.values()]
 
-    @app.post("/v1/classes")
+    @api.post("/v1/classes")
     async def class_add(req: ClassRequest) -> list[dict[str, Any]]:
         """Add a class to the cloud document (admins only)."""
         new = StorageClass(req.name, req.replicas, req.k, req.m, req.max, req.spread, req.grace)
@@ -247,7 +420,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         service.membership.set_classes([*doc.classes, new])
         return await classes()
 
-    @app.delete("/v1/classes/{name}")
+    @api.delete("/v1/classes/{name}")
     async def class_rm(name: str) -> list[dict[str, Any]]:
         """Remove a class no object uses (admins only)."""
         doc = service.membership.require_admin()
@@ -259,8 +432,8 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         service.membership.set_classes(c for c in doc.classes if c.name != name)
         return await classes()
 
-    @app.post("/v1/get")
-    async def get(req: GetRequest) -> StreamingResponse:
+    @api.post("/v1/get")
+    async def get(req: GetRequest) -> Response:
         """Fetch and decrypt an object to a file (streams progress)."""
 
         async def run(progress: Callable[[int], None]) -> dict[str, Any]:
@@ -268,42 +441,43 @@ def create_app(service: NodeService, token: str) -> FastAPI:
             path, manifest = await service.get(req.cap, out, progress)
             return {"object_id": manifest.object_id.hex(), "path": str(path), "size": manifest.size}
 
-        return stream(run, None)
+        return await stream(run)
 
-    @app.post("/v1/pin")
-    async def pin(req: PinRequest) -> StreamingResponse:
+    @api.post("/v1/pin")
+    async def pin(req: PinRequest) -> Response:
         """Fetch and keep all blocks (streams progress)."""
 
         async def run(progress: Callable[[int], None]) -> dict[str, Any]:
             manifest = await service.pin(req.cap, progress)
             return {"object_id": manifest.object_id.hex(), "size": manifest.size, "blocks": len(manifest.blocks())}
 
-        return stream(run, None)
+        return await stream(run)
 
-    @app.get("/v1/peers")
+    @api.get("/v1/peers")
     async def peers() -> list[dict[str, Any]]:
         """Known and connected peers."""
         return views.peers(service.peers.info(), service.node.index)
 
-    @app.post("/v1/peers")
+    @api.post("/v1/peers")
     async def add_peer(req: PeerRequest) -> dict[str, Any]:
         """Remember a peer and connect to it."""
         peer_id, address = parse_peer(req.peer)
         service.peers.add(peer_id, address)
         return {"peer_id": str(peer_id), "address": str(address)}
 
-    @app.delete("/v1/peers/{peer}")
+    @api.delete("/v1/peers/{peer}")
     async def remove_peer(peer: str) -> dict[str, Any]:
         """Forget a peer."""
         peer_id = PeerId.parse(peer)
         if not service.peers.remove(peer_id):
-            raise HTTPException(404, f"{peer_id} is not a known peer")
+            raise NotFoundError(f"{peer_id} is not a known peer")
         return {"removed": str(peer_id)}
 
-    @app.post("/v1/fsck")
+    @api.post("/v1/fsck")
     async def fsck() -> dict[str, Any]:
         """Verify every stored block."""
         report = await asyncio.to_thread(service.node.fsck)
         return views.fsck(report, service.node.objects())
 
+    app.include_router(api)
     return app

@@ -82,7 +82,14 @@ def object_status(status: ObjectStatus, record: ObjectRecord | None, note: str =
         "complete_copies": status.complete_copies,
         "distributed_copies": round(status.distributed_copies, 3),
         "health": r.health.value,
-        "redundancy": {"available": r.available, "target": r.target, "needed": r.needed, "crowded": r.crowded},
+        "redundancy": {
+            "available": r.available,
+            "target": r.target,
+            "needed": r.needed,
+            "crowded": r.crowded,
+            "can_lose": r.can_lose,
+            "tolerance": r.tolerance,
+        },
         "note": "; ".join(x for x in (note, r.note) if x),
         "holders": [
             {

@@ -4,9 +4,43 @@ Commands go through the daemon when one runs for the node home (`peercloud up`),
 the home directly otherwise; commands that need the network say so when no daemon runs.
 """
 
-import asyncio
-import logging
+# ruff: noqa: E402 - the Ctrl-C guard just below must run before the (slow) imports it guards
+
+import contextlib
+import os
+import signal
 import sys
+import threading
+from types import FrameType
+
+
+def _quiet_interrupt(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C before a command runs (imports take ~0.4 s) or while the process winds down: exit 130, silently."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reentrant flush must not turn into a traceback
+            stream.flush()
+    os._exit(130)
+
+
+def quiet_interrupts() -> bool:
+    """Send Ctrl-C to `_quiet_interrupt` where it would raise KeyboardInterrupt; True if it did."""
+    if threading.current_thread() is not threading.main_thread():
+        return False  # only the main thread may set handlers
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return False  # ignored (a background job) or already someone's handler
+    signal.signal(signal.SIGINT, _quiet_interrupt)
+    return True
+
+
+def interrupt_commands() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt again, so a running command cleans up (unless SIGINT is ignored)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_GUARDED_IMPORT = quiet_interrupts()  # the console script imports this module first thing
+
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +60,9 @@ from peercloud.net.link import Address
 from peercloud.node import daemon
 from peercloud.node.home import HOME_ENV, NodeHome
 from peercloud.units import format_size
+
+if _GUARDED_IMPORT:  # importers (tests) get KeyboardInterrupt back
+    interrupt_commands()
 
 app = typer.Typer(
     name="peercloud",
@@ -114,7 +151,7 @@ def up(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     home = node_home(ctx)
-    asyncio.run(daemon.run(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line)))
+    daemon.serve(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line))
 
 
 @app.command()
@@ -296,7 +333,8 @@ def _print_object_status(d: dict[str, Any]) -> None:
     unit = "copies" if n == 1 else "shares"
     out.print(
         f"class {d['class'] or '-'}   health [{_HEALTH_STYLE[d['health']]}]{d['health']}[/]   "
-        f"{unit} online {r['available']}/{r['target']} (need {r['needed']})"
+        f"{unit} online {r['available']}/{r['target']} (need {r['needed']})   "
+        f"can lose {max(r['can_lose'], 0)} of {r['tolerance']} holders"
     )
     out.print(
         f"local {d['local_percent']:.0f}%   complete copies {d['complete_copies']}   "
@@ -410,13 +448,23 @@ def demo() -> None:
 
 
 def main() -> None:
-    """Console entry point: run the app, turning expected failures into one line and an exit code."""
+    """Console entry point: run the app, turning expected failures into one line and an exit code.
+
+    Ctrl-C ends with code 130 and no traceback wherever it lands: in a command (KeyboardInterrupt,
+    so the command cleans up), before one starts, or while the interpreter winds down.
+    """
     try:
-        app()
-    except PeercloudError as e:
-        err.print(f"error: {e}", markup=False)
-        sys.exit(e.exit_code)
-    except OSError as e:
-        detail = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
-        err.print(f"error: {detail}", markup=False)
-        sys.exit(1)
+        try:
+            interrupt_commands()  # also replaces the quiet handler `python -m peercloud` starts with
+            app()
+        except PeercloudError as e:
+            err.print(f"error: {e}", markup=False)
+            sys.exit(e.exit_code)
+        except OSError as e:
+            detail = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
+            err.print(f"error: {detail}", markup=False)
+            sys.exit(1)
+    except KeyboardInterrupt:  # typer turns it into 130 inside a command; this covers the edges
+        sys.exit(130)
+    finally:
+        quiet_interrupts()  # a Ctrl-C while threads are joined at exit must not print a traceback

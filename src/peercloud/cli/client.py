@@ -22,7 +22,36 @@ _BY_CODE: dict[int, type[PeercloudError]] = {
     e.exit_code: e
     for e in (UsageError, NotFoundError, QuotaExceededError, IntegrityError, DaemonNeededError, RefusedError)
 }
+# when an error body carries no exit code (a proxy, an old daemon): the status says what kind it is
+_BY_STATUS: dict[int, type[PeercloudError]] = {
+    400: UsageError,
+    403: RefusedError,
+    404: NotFoundError,
+    422: UsageError,
+    507: QuotaExceededError,
+}
 Progress = Callable[[str, int], None]
+
+
+def _error(code: Any, message: Any, status: int | None = None) -> PeercloudError:
+    """The daemon's error as the exception the local command would raise (same class, same exit code)."""
+    try:
+        cls = _BY_CODE.get(int(code), PeercloudError)
+    except (TypeError, ValueError):
+        cls = _BY_STATUS.get(status or 0, PeercloudError)
+    return cls(str(message))
+
+
+def _http_error(e: urllib.error.HTTPError) -> PeercloudError:
+    """An HTTP error status from the daemon, with its JSON body `{"error": ..., "exit_code": N}`."""
+    try:
+        body = json.loads(e.read())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    message = body.get("error") or body.get("detail") or f"HTTP {e.code} {e.reason}".rstrip()
+    return _error(body.get("exit_code"), message, e.code)
 
 
 class DaemonClient:
@@ -50,12 +79,7 @@ class DaemonClient:
         try:
             return urllib.request.urlopen(req, timeout=3600)
         except urllib.error.HTTPError as e:
-            try:
-                detail = json.loads(e.read())
-            except ValueError:
-                detail = {}
-            message = detail.get("error") or detail.get("detail") or f"HTTP {e.code}"
-            raise _BY_CODE.get(int(detail.get("exit_code", 1)), PeercloudError)(str(message)) from None
+            raise _http_error(e) from None
         except urllib.error.URLError as e:
             raise PeercloudError(f"cannot reach the daemon at {self.base}: {e.reason}") from None
 
@@ -77,6 +101,6 @@ class DaemonClient:
                         progress("total", line["total"])
                 elif "result" in line:
                     return line["result"]
-                else:
-                    raise _BY_CODE.get(int(line.get("exit_code", 1)), PeercloudError)(line.get("error", "failed"))
+                else:  # the operation failed after it had started streaming
+                    raise _error(line.get("exit_code", 1), line.get("error", "failed"))
         raise PeercloudError("the daemon ended the operation without an answer")

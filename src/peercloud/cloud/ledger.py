@@ -69,6 +69,7 @@ class Holder:
     failed_audit: bool = False
     pinned: bool = False  # an extra copy its holder chose to keep
     checked_at: float | None = None  # when this node last audited the claim
+    spread: str | None = None  # its value of the class's spread tag (holders sharing one fail together)
 
     def percent(self, total: int) -> float:
         """Share of the object's blocks this holder claims."""
@@ -85,6 +86,8 @@ class Redundancy:
     needed: int  # to read a segment: 1 copy, or k shares
     crowded: int  # most shares of one segment on a single peer (EC wants 1)
     note: str = ""
+    can_lose: int = 0  # f: holders (spread-tag values) that may be lost, worst case, every segment readable
+    tolerance: int = 0  # the f the class promises: m for EC, minimum - 1 for replicas
 
 
 @dataclass(frozen=True)
@@ -130,39 +133,72 @@ class ObjectStatus:
         return low + sum(1 for c in counts if c > low) / len(counts)
 
     def redundancy(self) -> Redundancy:
-        """Health against the class, counting members' proved blocks on peers online now."""
+        """Health against the class, counting members' proved blocks on peers online now.
+
+        f (`can_lose`) is how many holders — or, for a class that spreads over a tag, tag values —
+        can be lost, the worst ones first, with every segment still readable: healthy when f
+        reaches the class's tolerance (m for EC, minimum - 1 for replicas), degraded when
+        1 ≤ f below it, at risk when f = 0, lost when some segment is unreadable now.
+        """
         cls = self.storage_class
         counting = [h for h in self.holders if h.online and h.member]
         segments = self.total_blocks // self.n if self.n else 0
+        spread = bool(cls and cls.spread)
+        units: dict[str, list[set[int]]] = {}  # failure unit → per segment, the shares it holds
+        for h in counting:
+            key = f"tag:{h.spread}" if spread and h.spread is not None else f"peer:{h.peer_id}"
+            per = units.setdefault(key, [set() for _ in range(segments)])
+            for i in h.confirmed:
+                per[i // self.n].add(i % self.n)
+        needed = 1 if self.n == 1 else self.k
+        crowded, available, can_lose = 0, None, None
+        cache: dict[tuple[frozenset[int], ...], int] = {}
+        for s in range(segments):
+            held = tuple(frozenset(u[s]) for u in units.values() if u[s])
+            distinct = len(frozenset().union(*held)) if self.n > 1 else len(held)
+            available = distinct if available is None else min(available, distinct)
+            if held not in cache:
+                cache[held] = _tolerates(list(held), needed, replicas=self.n == 1)
+            can_lose = cache[held] if can_lose is None else min(can_lose, cache[held])
+        for h in counting:
+            per_segment = [0] * max(segments, 1)
+            for i in h.confirmed:
+                per_segment[i // self.n] += 1
+            crowded = max(crowded, *per_segment)
+        available, can_lose = available or 0, can_lose or 0
         if self.n == 1:
-            copies = [0] * segments
-            for h in counting:
-                for i in h.confirmed:
-                    copies[i] += 1
-            available, needed, crowded = min(copies, default=0), 1, 1
             target = cls.replicas if cls and cls.replicas else 1
+            tolerance = target - 1
         else:
-            shares: list[set[int]] = [set() for _ in range(segments)]
-            crowded = 0
-            for h in counting:
-                per_segment = [0] * segments
-                for i in h.confirmed:
-                    shares[i // self.n].add(i % self.n)
-                    per_segment[i // self.n] += 1
-                crowded = max(crowded, *per_segment, 0)
-            available, needed, target = min((len(s) for s in shares), default=0), self.k, self.n
+            target, tolerance = self.n, self.n - self.k
         if available < needed:
-            health = Health.LOST
-        elif available == needed and target > needed:
-            health = Health.AT_RISK
-        elif available < target:
-            health = Health.DEGRADED
-        else:
+            health, can_lose = Health.LOST, -1
+        elif can_lose >= tolerance:
             health = Health.HEALTHY
+        elif can_lose == 0:
+            health = Health.AT_RISK
+        else:
+            health = Health.DEGRADED
         note = ""
         if self.n > 1 and crowded > 1:
             note = f"up to {crowded} shares of a segment sit on one peer: losing it costs {crowded} shares"
-        return Redundancy(health, available, target, needed, max(crowded, 1), note)
+        return Redundancy(health, available, target, needed, max(crowded, 1), note, can_lose, tolerance)
+
+
+def _tolerates(held: list[frozenset[int]], needed: int, replicas: bool) -> int:
+    """How many of these failure units can go, worst first, leaving `needed` copies or shares."""
+    if replicas:
+        return max(-1, len(held) - needed)
+    units, lost = list(held), 0
+    while units:
+        # Take away the unit whose loss leaves the fewest distinct shares (greedy worst case).
+        lefts = [len(frozenset().union(*(u for j, u in enumerate(units) if j != i))) for i in range(len(units))]
+        worst = min(range(len(units)), key=lefts.__getitem__)
+        if lefts[worst] < needed:
+            break
+        units.pop(worst)
+        lost += 1
+    return lost
 
 
 def object_status(
@@ -176,10 +212,11 @@ def object_status(
     storage_class: StorageClass | None = None,
     size: int = 0,
     pinned_here: bool = False,
+    self_spread: str | None = None,
 ) -> ObjectStatus:
     """Build the status from our own blocks (proved by our store) and peers' holdings."""
     mine = tuple(local)
-    me = Holder(self_id, mine, True, True, None, mine, pinned=pinned_here)
+    me = Holder(self_id, mine, True, True, None, mine, pinned=pinned_here, spread=self_spread)
     holders = [me] if mine or total_blocks == 0 else []
     holders += [h for h in peers if h.blocks]
     return ObjectStatus(object_id, total_blocks, tuple(holders), k, n, storage_class, size)

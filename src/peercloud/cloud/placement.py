@@ -10,22 +10,15 @@ flight), skipping members whose value of the class's spread tag a holder already
 when that leaves the class short of its minimum is a spread value doubled.
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import blake3
 
 from peercloud.cloud.classes import StorageClass
+from peercloud.cloud.keepers import Tags, keepers, order_key, tag_value
 
-Tags = tuple[tuple[str, str], ...]
-
-
-def tag_value(tags: Tags, key: str) -> str | None:
-    """One tag's value (such as the member's `site`), or None."""
-    for k, v in tags:
-        if k == key:
-            return v
-    return None
+__all__ = ["Candidate", "Plan", "Tags", "coordinator", "peer_hash", "plan", "rank", "rank_of", "tag_value"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +76,7 @@ def rank_of(object_id: bytes, mine: int, others: Iterable[int], limit: int) -> i
 
 
 def plan(
+    object_id: bytes,
     cls: StorageClass,
     n: int,
     column_bytes: int,
@@ -91,17 +85,27 @@ def plan(
     ranked: list[Candidate],
     tags: Mapping[bytes, Tags] | None = None,
     pending: Mapping[bytes, set[int]] | None = None,
+    provisional: Mapping[bytes, set[int]] | None = None,
 ) -> Plan:
     """Plan one object.
 
-    `holders`: peer → columns it proved in full, for members online or offline within the grace
-    period; `ranked`: online members that may receive, from `rank`; `tags`: every member's tags;
-    `pending`: placements asked and not yet proved (they count as coming).
+    `holders`: peer → columns it proved in full and keeps for the cloud, for members online or
+    offline within the grace period; `ranked`: online members that may receive, from `rank`;
+    `tags`: every member's tags; `pending`: placements asked and not yet proved (they count as
+    coming); `provisional`: online peers' provisional columns (an owner's fresh EC shares).
+    Releases only ever name non-keepers (`keepers.py`), so holders agree to them.
     """
     picker = _Picker(cls.spread, column_bytes, ranked, tags or {})
     if n == 1:
-        return _plan_replicas(cls, holders, online, picker, pending or {})
-    return _plan_shares(cls, n, holders, online, picker, pending or {})
+        decision = _plan_replicas(object_id, cls, holders, online, picker, pending or {})
+    else:
+        decision = _plan_shares(object_id, cls, n, holders, online, picker, pending or {}, set(provisional or {}))
+    kept_online = {p: cols for p, cols in holders.items() if p in online}
+    for p, cols in (provisional or {}).items():
+        covered = [j for j in sorted(cols) if any(j in c for q, c in kept_online.items() if q != p)]
+        if covered and p in online:
+            decision.release[p] = tuple(sorted({*decision.release.get(p, ()), *covered}))
+    return decision
 
 
 class _Picker:
@@ -116,10 +120,16 @@ class _Picker:
     def tag(self, peer: bytes) -> str | None:
         return tag_value(self.tags.get(peer, ()), self.spread) if self.spread else None
 
-    def pick(self, taken: set[bytes], used: set[str | None], allow_same_tag: bool) -> Candidate | None:
+    def pick(
+        self,
+        taken: set[bytes],
+        used: set[str | None],
+        allow_same_tag: bool,
+        ahead: Callable[[bytes], bool] | None = None,
+    ) -> Candidate | None:
         fallback = None
         for c in self.ranked:
-            if c.free < self.column_bytes or c.peer in taken:
+            if c.free < self.column_bytes or c.peer in taken or (ahead is not None and not ahead(c.peer)):
                 continue
             if not self.spread or tag_value(c.tags, self.spread) not in used:
                 return c
@@ -129,6 +139,7 @@ class _Picker:
 
 
 def _plan_replicas(
+    object_id: bytes,
     cls: StorageClass,
     holders: Mapping[bytes, set[int]],
     online: set[bytes],
@@ -152,50 +163,53 @@ def _plan_replicas(
     if len(taken) < cls.replicas:
         note = f"{cls.name} needs {cls.replicas} copies; only {len(taken)} members online have room"
     release: dict[bytes, tuple[int, ...]] = {}
-    extra = sum(1 for p in have if p in online) - cls.maximum  # never count on a holder that is away
-    if extra > 0 and not coming:
-        # Release where a spread value is doubled first, then from the fullest members.
-        seen: dict[str | None, int] = {}
-        for p in have:
-            seen[picker.tag(p)] = seen.get(picker.tag(p), 0) + 1
-        free = {c.peer: c.free for c in picker.ranked}
-        ranked = sorted(
-            (p for p in have if p in online),
-            key=lambda p: (not cls.spread or seen[picker.tag(p)] <= 1, free.get(p, 0), p),
-        )
-        release = {p: (0,) for p in ranked[:extra]}
+    here = [p for p in have if p in online]  # never count on a holder that is away
+    if len(here) > cls.maximum and not coming:
+        keep = set(keepers(object_id, 1, cls.maximum, {p: {0} for p in here}, picker.tags, cls.spread)[0])
+        release = {p: (0,) for p in here if p not in keep}
     return Plan(place, release, note)
 
 
 def _plan_shares(
+    object_id: bytes,
     cls: StorageClass,
     n: int,
     holders: Mapping[bytes, set[int]],
     online: set[bytes],
     picker: _Picker,
     pending: Mapping[bytes, set[int]],
+    provisional: set[bytes],
 ) -> Plan:
-    # Keep one holder per column, preferring peers that hold few columns of this object.
+    # Each column's keeper is its first holder (or placement on the way) in the keeper order.
+    def rank_in(j: int) -> Callable[[bytes], bytes]:
+        return lambda p: order_key(object_id, j, p)
+
     keeper: dict[int, bytes] = {}
-    columns_of: dict[bytes, int] = {}
     for j in range(n):
-        held = sorted(p for p, cols in holders.items() if j in cols)
-        held += sorted(p for p, cols in pending.items() if j in cols and p not in held)
-        if held:
-            chosen = min(held, key=lambda p: (columns_of.get(p, 0), len(holders.get(p, ())), p not in online))
-            keeper[j] = chosen
-            columns_of[chosen] = columns_of.get(chosen, 0) + 1
-    # Columns without a keeper, or sharing one, move to a peer that has none yet.
+        present = {p for p, cols in holders.items() if j in cols} | {p for p, cols in pending.items() if j in cols}
+        if present:
+            keeper[j] = min(present, key=rank_in(j))
+    columns_of: dict[bytes, int] = {}
+    for p in keeper.values():
+        columns_of[p] = columns_of.get(p, 0) + 1
+    # Columns without a keeper, or whose keeper keeps others too, go to a peer keeping none yet
+    # that ranks ahead of the current keeper (so the keeper order moves the column there).
     place: dict[bytes, list[int]] = {}
     for j in range(n):
         current = keeper.get(j)
         if current is not None and columns_of[current] == 1:
             continue
+        # Peers keeping provisional shares are no targets until those are gone (no mixed holds).
+        busy = {p for p, c in columns_of.items() if c} | {p for p, cols in holders.items() if j in cols} | provisional
         used = {picker.tag(p) for p in columns_of if columns_of[p]} if picker.spread else set()
-        pick = picker.pick(set(columns_of), used, allow_same_tag=True)
+        ahead = None
+        if current is not None:
+            limit = order_key(object_id, j, current)
+            ahead = lambda p, limit=limit, j=j: order_key(object_id, j, p) < limit  # noqa: E731
+        pick = picker.pick(busy, used, allow_same_tag=True, ahead=ahead)
         if pick is None and current is None:
             # The cloud is too small: double up on the member with the fewest columns.
-            roomy = [c for c in picker.ranked if c.free >= picker.column_bytes]
+            roomy = [c for c in picker.ranked if c.free >= picker.column_bytes and c.peer not in provisional]
             pick = min(roomy, key=lambda c: columns_of.get(c.peer, 0), default=None)
         if pick is None:
             continue
@@ -204,13 +218,12 @@ def _plan_shares(
         keeper[j] = pick.peer
         columns_of[pick.peer] = columns_of.get(pick.peer, 0) + 1
         place.setdefault(pick.peer, []).append(j)
-    # Copies beyond the keeper are released once the keeper has proved its column.
+    # Holders other than a column's online keeper release it: exactly what they agree to.
     release: dict[bytes, list[int]] = {}
-    for j, owner in keeper.items():
-        if j not in holders.get(owner, set()) or owner not in online:
-            continue
-        for p, cols in holders.items():
-            if p != owner and j in cols and p in online:
+    kept_online = {p: cols for p, cols in holders.items() if p in online}
+    for j, chosen in keepers(object_id, n, 1, kept_online).items():
+        for p, cols in kept_online.items():
+            if j in cols and p not in chosen:
                 release.setdefault(p, []).append(j)
     note = ""
     if len(keeper) < n or any(v > 1 for v in columns_of.values()):

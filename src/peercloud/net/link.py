@@ -18,7 +18,11 @@ from peercloud.wire import connection as c
 from peercloud.wire import messages as m
 
 log = logging.getLogger(__name__)
-RECV_BUFFER = 1024 * 1024
+RECV_START = 16 * 1024  # receive buffer of a new connection: a handshake needs less than 1 KiB
+RECV_MAX = 1024 * 1024  # grown (by doubling, once open) while reads keep filling it
+MAX_WRITE_BUFFER = 16 * 1024 * 1024  # queued output beyond which we stop reading the peer
+MAX_HANDSHAKING = 64  # inbound connections still in their handshake, in total
+MAX_HANDSHAKING_PER_IP = 8
 DIAL_TIMEOUT = 10.0
 
 RequestHandler = Callable[["PeerLink", m.Message], Awaitable[None]]
@@ -52,6 +56,35 @@ class Address:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+class HandshakeGate:
+    """Bounds inbound connections that have not proved a peer ID yet, in total and per IP.
+
+    Before its handshake completes a connection costs memory and a timer but proves nothing,
+    so a flood of idle sockets must be refused at the door, not buffered.
+    """
+
+    def __init__(self, total: int = MAX_HANDSHAKING, per_ip: int = MAX_HANDSHAKING_PER_IP) -> None:
+        self.total, self.per_ip = total, per_ip
+        self._by_ip: dict[str, int] = {}
+        self.refused = 0
+
+    def admit(self, ip: str) -> bool:
+        """Count a new connection from `ip`, or refuse it (False) when a bound is reached."""
+        if sum(self._by_ip.values()) >= self.total or self._by_ip.get(ip, 0) >= self.per_ip:
+            self.refused += 1
+            return False
+        self._by_ip[ip] = self._by_ip.get(ip, 0) + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        """The connection from `ip` finished its handshake or closed."""
+        left = self._by_ip.get(ip, 0) - 1
+        if left > 0:
+            self._by_ip[ip] = left
+        else:
+            self._by_ip.pop(ip, None)
+
+
 class PeerLink(asyncio.BufferedProtocol):
     """One connection to a peer; awaitable `established`, `get_block`, `ping`."""
 
@@ -61,11 +94,14 @@ class PeerLink(asyncio.BufferedProtocol):
         on_request: RequestHandler,
         on_notice: NoticeHandler | None = None,
         on_closed: Callable[["PeerLink"], None] | None = None,
+        gate: HandshakeGate | None = None,
     ) -> None:
         self.conn = conn
         self._loop = asyncio.get_running_loop()
-        self._buffer = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._buffer)
+        self._view = memoryview(bytearray(RECV_START))
+        self._gate = gate
+        self._gated_ip: str | None = None
+        self._reading_paused = False
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[c.Response]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -93,15 +129,30 @@ class PeerLink(asyncio.BufferedProtocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self._gate is not None:
+            ip = peer[0] if peer else "?"
+            if not self._gate.admit(ip):
+                log.info("refusing connection from %s: too many handshakes in progress", self.remote)
+                transport.abort()
+                return
+            self._gated_ip = ip
+            self.established.add_done_callback(lambda _: self._ungate())
         self._pump()
 
+    def _ungate(self) -> None:
+        if self._gate is not None and self._gated_ip is not None:
+            self._gate.release(self._gated_ip)
+            self._gated_ip = None
+
     def get_buffer(self, sizehint: int) -> memoryview:
-        """Hand asyncio our preallocated receive buffer."""
+        """Hand asyncio our receive buffer (small until the peer is authenticated)."""
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        """Feed what arrived to the state machine."""
+        """Feed what arrived to the state machine; a read that filled the buffer grows it."""
         self.conn.receive_data(self._view[:nbytes], self._loop.time())
+        if nbytes == len(self._view) < RECV_MAX and self.conn.state is c.State.OPEN:
+            self._view = memoryview(bytearray(2 * nbytes))
         self._pump()
 
     def eof_received(self) -> bool:
@@ -118,8 +169,11 @@ class PeerLink(asyncio.BufferedProtocol):
         self._writable.clear()
 
     def resume_writing(self) -> None:
-        """The send buffer drained."""
+        """The send buffer drained: answer again, and read again if a stalled reader made us stop."""
         self._writable.set()
+        if self._reading_paused and self._transport is not None and not self._transport.is_closing():
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     # -- API
 
@@ -147,9 +201,14 @@ class PeerLink(asyncio.BufferedProtocol):
         return self.rtt
 
     def respond(self, request_id: int, msg: m.Message, payload: bytes | memoryview = b"") -> None:
-        """Answer a request the handler was given."""
+        """Answer a request at once (small answers; handlers use `answer`)."""
         self.conn.respond(request_id, msg, payload)
         self._pump()
+
+    async def answer(self, request_id: int, msg: m.Message, payload: bytes | memoryview = b"") -> None:
+        """Answer a request once the socket takes more: a peer that stops reading stops getting."""
+        await self.writable()
+        self.respond(request_id, msg, payload)
 
     def notify(self, msg: m.Notice) -> None:
         """Send a one-way message."""
@@ -189,8 +248,15 @@ class PeerLink(asyncio.BufferedProtocol):
     def _pump(self) -> None:
         """Flush outgoing bytes, deliver events, re-arm the timer."""
         data = self.conn.data_to_send()
-        if data and self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(data)
+        transport = self._transport
+        if data and transport is not None and not transport.is_closing():
+            transport.writelines(data)
+            # Answers wait for `writable`, so only a peer that stops reading while it keeps
+            # sending gets here: stop reading it until it drains what it was sent.
+            if not self._reading_paused and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self._reading_paused = True
+                log.info("%s does not read what it asked for: not reading it until it does", self._name())
+                transport.pause_reading()
         while (event := self.conn.next_event()) is not None:
             self._deliver(event)
         if self._timer is not None:
@@ -241,7 +307,7 @@ class PeerLink(asyncio.BufferedProtocol):
             pass  # the peer cancelled, or the link closed
         except Exception as e:
             log.warning("request handler failed for %s from %s: %s", msg.TYPE, self._name(), e)
-            self.respond(rid, m.Error(rid, "other", "internal error"))
+            await self.answer(rid, m.Error(rid, "other", "internal error"))
 
     def _finished(self, rid: int, _: object) -> None:
         self._handlers.pop(rid, None)
@@ -259,6 +325,7 @@ class PeerLink(asyncio.BufferedProtocol):
                 fut.set_exception(err)
         if not self.closed.done():
             self.closed.set_result(event)
+        self._writable.set()  # waiting answers give up: respond is a no-op on a closed link
         if self._transport is not None:
             self._transport.close()
         for task in list(self._handlers.values()):
@@ -309,13 +376,15 @@ async def listen(
     on_established: Callable[[PeerLink], None] | None = None,
     on_notice: NoticeHandler | None = None,
     on_closed: Callable[[PeerLink], None] | None = None,
+    gate: HandshakeGate | None = None,
 ) -> asyncio.Server:
-    """Accept peer connections; each gets its own state machine."""
+    """Accept peer connections; each gets its own state machine (handshakes bounded by `gate`)."""
     loop = asyncio.get_running_loop()
+    gate = gate or HandshakeGate()
 
     def factory() -> PeerLink:
         conn = c.PeerConnection(False, identity, hello, loop.time())
-        link = PeerLink(conn, on_request, on_notice, on_closed)
+        link = PeerLink(conn, on_request, on_notice, on_closed, gate)
         if on_established is not None:
             link.established.add_done_callback(
                 lambda f: on_established(link) if not f.cancelled() and f.exception() is None else None

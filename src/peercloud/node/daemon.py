@@ -1,4 +1,10 @@
-"""`peercloud up`: the node as a daemon — peer listener, peer links, and the REST API, one loop."""
+"""`peercloud up`: the node as a daemon — peer listener, peer links, and the REST API, one loop.
+
+Shutdown is bounded: the first SIGINT/SIGTERM stops the API (in-flight requests get API_GRACE),
+closes links and background tasks, closes the index and exits 0; HARD_DEADLINE after that
+signal, or at a second one, the process exits regardless (code 128 + signal). Whatever a hard
+exit interrupts is a crash the store is built to survive (docs/architecture.md, Crash safety).
+"""
 
 import asyncio
 import contextlib
@@ -7,7 +13,11 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterator
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from types import FrameType
 
 import uvicorn
 
@@ -22,6 +32,12 @@ from peercloud.node.service import NodeService
 log = logging.getLogger(__name__)
 DEFAULT_LISTEN = Address("0.0.0.0", 4650)
 DEFAULT_API = Address("127.0.0.1", 4651)
+HARD_DEADLINE = 4.5  # seconds from the first signal to the exit, finished or not (promised: 5)
+API_GRACE = 1  # in-flight API requests (streams too) may finish within this, then are cancelled
+SERVICE_GRACE = 1.5  # closing links, the listener and background tasks
+TASK_GRACE = 0.5  # tasks still running when the loop closes
+THREAD_GRACE = 0.5  # worker threads still busy (an add, an fsck) once the index is closed
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _ApiServer(uvicorn.Server):
@@ -30,6 +46,72 @@ class _ApiServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def _hard_exit(code: int, why: str | None) -> None:
+    """End the process now without joining busy threads: `why`, if given, is its last line on stderr."""
+    if threading.current_thread() is threading.main_thread():  # elsewhere a flush could wait on the main thread
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a reentrant flush (signal mid-write) must not stop the exit
+                stream.flush()
+    if why is not None:
+        with contextlib.suppress(OSError):
+            os.write(2, f"peercloud: {why}; exiting now\n".encode())
+    os._exit(code)
+
+
+class _QuietCancel(logging.Filter):
+    """Requests cut short by shutdown are expected: uvicorn would log each with a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop records about a cancelled request."""
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
+
+class Shutdown:
+    """SIGINT/SIGTERM for the daemon's whole life: the first asks the loop to stop and arms the
+    hard deadline, a second one exits at once.
+
+    Python-level handlers (not loop.add_signal_handler) so a signal is seen even while the loop
+    is busy or already closed, and even before `run` has created its stop event.
+    """
+
+    def __init__(self, deadline: float = HARD_DEADLINE) -> None:
+        self.deadline = deadline
+        self.signum: int | None = None
+        self.since: float | None = None
+        self.done = False  # the graceful path finished: a deadline hit while the interpreter exits is still 0
+        self._wake: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (main thread only, as Python requires)."""
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def on_request(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (thread-safe) when a stop is requested; at once if one already was."""
+        self._wake = wake
+        if self.signum is not None:
+            wake()
+
+    def left(self) -> float:
+        """Seconds until the hard deadline (the whole deadline while no signal came)."""
+        return self.deadline if self.since is None else max(0.0, self.since + self.deadline - time.monotonic())
+
+    def _expired(self) -> None:
+        assert self.signum is not None
+        _hard_exit(0 if self.done else 128 + self.signum, f"shutdown took over {self.deadline} s")
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            _hard_exit(128 + signum, f"{name} again before shutdown finished")
+        self.signum, self.since = signum, time.monotonic()
+        timer = threading.Timer(self.deadline, self._expired)
+        timer.daemon = True  # never what keeps the process alive
+        timer.start()
+        if self._wake is not None:
+            self._wake()
 
 
 @contextlib.contextmanager
@@ -42,19 +124,42 @@ def _home_lock(home: NodeHome) -> Iterator[None]:
         yield
 
 
-async def run(home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None]) -> None:
-    """Run until SIGINT/SIGTERM; `announce` gets one line per startup fact for the terminal."""
+def serve(home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None]) -> None:
+    """Run the daemon until SIGINT/SIGTERM; the process is gone within HARD_DEADLINE of the first signal.
+
+    Not asyncio.run: it would wait without limit for the default executor's threads (an add or
+    an fsck in a thread runs to its end), and the interpreter would join them again at exit.
+    """
+    shutdown = Shutdown()
+    shutdown.install()
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run(home, listen, api, announce, shutdown))
+    finally:
+        _close_loop(loop, min(TASK_GRACE, shutdown.left()))
+    _abandon_busy_threads(min(THREAD_GRACE, shutdown.left()))
+    shutdown.done = True
+
+
+async def run(
+    home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None], shutdown: Shutdown
+) -> None:
+    """Run until `shutdown` sees SIGINT/SIGTERM; `announce` gets one line per startup fact for the terminal."""
     home.require()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def wake() -> None:  # from a signal handler: the loop may be anywhere
+        loop.call_soon_threadsafe(stop.set)
+
+    shutdown.on_request(wake)
     with _home_lock(home):
         node = LocalNode(home)
         service = NodeService(node, listen)
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         try:
             await service.start()
         except OSError as e:
+            await _bounded(service.stop(), SERVICE_GRACE)
             node.close()
             raise PeercloudError(f"cannot listen for peers on {listen}: {e.strerror or e}") from None
         config = uvicorn.Config(
@@ -64,6 +169,7 @@ async def run(home: NodeHome, listen: Address, api: Address, announce: Callable[
             log_level="warning",
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=API_GRACE,  # otherwise a long add or get stream holds shutdown
         )
         server = _ApiServer(config)
         api_task = loop.create_task(server.serve())
@@ -88,8 +194,64 @@ async def run(home: NodeHome, listen: Address, api: Address, announce: Callable[
             announce("stopping")
         finally:
             home.daemon_path.unlink(missing_ok=True)
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await api_task
-            await service.stop()
-            node.close()
+            # The API and the peers close side by side: requests waiting on peers fail fast.
+            await asyncio.gather(_stop_api(server, api_task), _bounded(service.stop(), SERVICE_GRACE))
+            node.close()  # threads still using the index fail now instead of running on
+
+
+async def _stop_api(server: uvicorn.Server, task: "asyncio.Task[None]") -> None:
+    """Stop uvicorn: in-flight requests get API_GRACE, then their tasks and connections are cut."""
+    logging.getLogger("uvicorn.error").addFilter(_QuietCancel())
+    server.should_exit = True
+    await asyncio.wait({task}, timeout=API_GRACE + 0.5)
+    if not task.done():
+        server.force_exit = True
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    for conn in list(server.server_state.connections):
+        transport = getattr(conn, "transport", None)
+        if transport is not None:
+            transport.close()  # a response cut short: the client sees the connection end
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        log.warning("API server ended with an error: %s", task.exception())
+
+
+async def _bounded(step: Awaitable[None], timeout: float) -> None:
+    """Await a shutdown step for at most `timeout` seconds, then move on without it."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        log.warning("shutdown step did not finish within %.1f s; going on without it", timeout)
+        task.cancel()
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("shutdown step failed: %s", task.exception())
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, grace: float) -> None:
+    """Cancel what still runs (again and again: a swallowed cancel must not hang us), then close."""
+    deadline = time.monotonic() + grace
+    pending = asyncio.all_tasks(loop)
+    while pending and time.monotonic() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = loop.run_until_complete(asyncio.wait(pending, timeout=0.1))
+    with contextlib.suppress(Exception):
+        loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), max(0.05, deadline - time.monotonic())))
+    loop.close()  # its default executor is shut down without waiting for busy threads
+
+
+def _abandon_busy_threads(grace: float) -> None:
+    """Give worker threads still running a moment, then exit without joining them.
+
+    The interpreter would otherwise wait for each to finish its job (an add of a large file, a
+    full fsck); they no longer have an index or a loop to report to. Stopping them mid-write is
+    a crash the store recovers from.
+    """
+    deadline = time.monotonic() + grace
+    busy = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for t in busy:
+        t.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in busy if t.is_alive()]
+    if busy:
+        log.warning("stopped with %d worker thread(s) still busy; their work is abandoned", len(busy))
+        _hard_exit(0, None)

@@ -28,11 +28,12 @@ class FsckReport:
 
 
 def fsck(store: BlockStore, workers: int) -> FsckReport:
-    """Check the whole store; damaged blocks are moved to quarantine/ and forgotten."""
+    """Check the whole store; damaged blocks are moved to quarantine/ and forgotten.
+
+    Safe while the daemon writes: the store judges each leftover and each damaged block again
+    under its lock, so a write in flight is neither cut short nor mistaken for damage.
+    """
     report = FsckReport()
-    for leftover in store.tmp_dir.iterdir():
-        leftover.unlink()
-        report.strays_removed += 1
 
     def check(item: tuple[bytes, int]) -> tuple[bytes, int, str]:
         bid, size = item
@@ -47,19 +48,13 @@ def fsck(store: BlockStore, workers: int) -> FsckReport:
         for bid, size, state in results:
             report.blocks_checked += 1
             report.bytes_checked += size
-            if state == "missing":
-                report.missing.append(bid)
-                store.quarantine(bid)
-            elif state == "corrupt":
-                report.corrupt.append(bid)
-                store.quarantine(bid)
+            # A block deleted (or deleted and stored again) since the listing is no damage:
+            # quarantine() re-checks under the store's lock and says so with None.
+            if state != "ok" and store.quarantine(bid) is not None:
+                (report.missing if state == "missing" else report.corrupt).append(bid)
 
-    known = {bid.hex() for bid, _ in indexed}
-    for shard in store.blocks_dir.iterdir():
-        for f in shard.iterdir():
-            if f.name not in known:
-                f.unlink()  # renamed into place by a write that crashed before its commit
-                report.strays_removed += 1
+    # Temp files and renamed block files with no row, that no write in flight owns.
+    report.strays_removed = store.remove_leftovers()
 
     for record in store.index.objects():
         # Pinned objects must be whole here; a cached partial copy (an erasure-coded get keeps

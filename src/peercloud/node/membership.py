@@ -36,6 +36,7 @@ class Membership:
         self.listening = listening
         raw = index.cloud_doc()
         self.signed: SignedDoc | None = SignedDoc.decode(raw) if raw else None
+        self.on_left: Callable[[], None] = lambda: None  # after the cloud's tables were forgotten
 
     @property
     def doc(self) -> CloudDoc | None:
@@ -171,16 +172,16 @@ class Membership:
             if isinstance(msg, m.Join):
                 self._admit(link, peer, msg)
                 assert self.signed is not None
-                link.respond(msg.id, m.Ok(msg.id, self.signed.encode()))
+                await link.answer(msg.id, m.Ok(msg.id, self.signed.encode()))
             elif isinstance(msg, m.Leave):
                 doc = self.require_admin()
                 if msg.cloud != doc.cloud_id or doc.member(peer) is None:
                     raise RefusedError("not a member of this cloud")
-                link.respond(msg.id, m.Ok(msg.id))  # before publishing: that closes the leaver's link
+                await link.answer(msg.id, m.Ok(msg.id))  # before publishing: that closes the leaver's link
                 self.publish(doc.without_member(peer))
         except (RefusedError, NotFoundError, UsageError) as e:
             log.warning("refused %s from %s: %s", msg.TYPE, peer.short(), e)
-            link.respond(getattr(msg, "id", 0), m.Error(getattr(msg, "id", 0), "refused", str(e)))
+            await link.answer(getattr(msg, "id", 0), m.Error(getattr(msg, "id", 0), "refused", str(e)))
 
     def _admit(self, link: PeerLink, peer: PeerId, msg: m.Join) -> None:
         doc = self.require_admin()
@@ -242,6 +243,7 @@ class Membership:
         doc = self.doc
         self.index.leave_cloud()  # what we held for it is no longer kept; pins by hand stay
         self.signed = None
+        self.on_left()
         if doc is not None:
             for x in doc.members:
                 self.peers.drop(x.peer_id)

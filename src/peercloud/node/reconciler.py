@@ -13,15 +13,18 @@ and extras are released when they come back above the class max.
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from peercloud.cloud.document import CloudDoc
+from peercloud.cloud.keepers import Tags, releasable
 from peercloud.cloud.ledger import bit_count, indexes_from_bitmap
 from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, rank_of
 from peercloud.errors import PeercloudError, RefusedError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
-from peercloud.store.index import CatalogEntry, Holding
+from peercloud.store.index import CatalogEntry, Holding, InventoryItem
 from peercloud.wire import messages as m
 
 if TYPE_CHECKING:
@@ -35,6 +38,29 @@ PENDING_BASE = 120.0  # a placement not proved after this (plus size at 10 MB/s)
 REFUSED_PAUSE = 300.0  # a member that refused or failed a placement is not asked again for this long
 CALL_TIMEOUT = 15.0
 CONCURRENT_CALLS = 16
+FULL_SWEEP = 30.0  # seconds between rounds over the whole catalog (between them: changed objects only)
+PAGE = 1000  # catalog entries planned per step of a round
+
+
+@dataclass
+class View:
+    """Peer → proved full columns: `kept` online, `present` online or away within the grace,
+    `provisional` an owner's fresh EC shares (online)."""
+
+    kept: dict[bytes, set[int]]
+    present: dict[bytes, set[int]]
+    provisional: dict[bytes, set[int]]
+
+
+@dataclass
+class _Round:
+    doc: CloudDoc
+    online: set[bytes]
+    mine: int
+    others: list[int]
+    tags: dict[bytes, Tags]
+    now: float
+    ranked: list[Candidate] = field(default_factory=list)
 
 
 def column_bytes(entry: CatalogEntry) -> int:
@@ -57,12 +83,17 @@ class Reconciler:
     def __init__(self, service: "NodeService") -> None:
         self.service = service
         self.started = time.time()
-        self.pending: dict[tuple[bytes, bytes], tuple[set[int], float, float]] = {}  # → cols, since, deadline
+        # (object, peer) → columns asked, since, deadline, bytes per column
+        self.pending: dict[tuple[bytes, bytes], tuple[set[int], float, float, int]] = {}
         self.refused: dict[tuple[bytes, bytes], float] = {}
         self.unfinished: dict[bytes, tuple[float, object]] = {}  # object → (since, holders then)
         self.notes: dict[bytes, str] = {}
         self._pulls: dict[tuple[bytes, tuple[int, ...]], asyncio.Task[None]] = {}
         self._calls = asyncio.Semaphore(CONCURRENT_CALLS)
+        self.dirty: set[bytes] = set()  # objects to plan in the next round (holdings changed)
+        self._swept: object = None  # who was online, and the document version, at the last full sweep
+        self._swept_at = 0.0
+        self._used: dict[bytes, int] = {}
 
     @property
     def me(self) -> bytes:
@@ -89,84 +120,162 @@ class Reconciler:
         since = self.service.peers.last_seen.get(PeerId(peer), self.started)
         return time.time() - max(since, self.started)
 
-    def holders(
-        self, entry: CatalogEntry, doc: CloudDoc, grace: float, online: set[bytes], rows: list[Holding]
-    ) -> dict[bytes, set[int]]:
-        """Members' proved full columns held for the cloud, online or offline within the grace.
+    def view(
+        self,
+        entry: CatalogEntry,
+        doc: CloudDoc,
+        grace: float,
+        online: set[bytes],
+        rows: list[Holding],
+        local: InventoryItem | None,
+    ) -> View:
+        """Members' proved full columns of an object, as this node sees them.
 
         Copies pinned by hand are extras on top of the class, and blocks a get left behind are
         a cache: placement neither counts nor releases them (the ledger's health does count them).
         """
         segments = entry.total_blocks // entry.n
-        out: dict[bytes, set[int]] = {}
-        index = self.service.node.index
-        local = index.local_indexes(entry.object_id, held_only=True)
-        if local and not index.is_pinned(entry.object_id):
-            out[self.me] = full_columns(local, entry.n, segments)
+        view = View({}, {}, {})
+        if local is not None and not local.pinned:
+            cols = full_columns(indexes_from_bitmap(local.bitmap, entry.total_blocks), entry.n, segments)
+            if cols and local.provisional:
+                view.provisional[self.me] = cols
+            elif cols:
+                view.kept[self.me] = view.present[self.me] = cols
         for h in rows:
             if doc.member(PeerId(h.peer_id)) is None or h.failed_at is not None or h.pinned:
                 continue  # outsiders, failed audits and copies pinned by hand are not the cloud's
-            if h.peer_id not in online and self.offline_for(h.peer_id) > grace:
+            here = h.peer_id in online
+            if not here and (h.provisional or self.offline_for(h.peer_id) > grace):
                 continue
             claimed = set(indexes_from_bitmap(h.bitmap, entry.total_blocks))
             proved = [i for i in indexes_from_bitmap(h.confirmed, entry.total_blocks) if i in claimed]
-            out[h.peer_id] = full_columns(proved, entry.n, segments)
-        return {p: cols for p, cols in out.items() if cols}
+            cols = full_columns(proved, entry.n, segments)
+            if not cols:
+                continue
+            if h.provisional:
+                view.provisional[h.peer_id] = cols
+                continue
+            view.present[h.peer_id] = cols
+            if here:
+                view.kept[h.peer_id] = cols
+        return view
 
-    def used(self, catalog: list[CatalogEntry]) -> dict[bytes, int]:
-        """Bytes each peer holds for the cloud, estimated from the ledger."""
-        per_block = {e.object_id: column_bytes(e) // max(1, e.total_blocks // e.n) for e in catalog}
+    def releasable(self, object_id: bytes, asked: set[int]) -> set[int]:
+        """The asked columns this node may drop: those it is no keeper of (`cloud/keepers.py`)."""
+        index = self.service.node.index
+        doc = self.service.membership.doc
+        entries = index.catalog(object_id)
+        cls = doc.class_map.get(entries[0].storage_class) if doc and entries else None
+        if doc is None or cls is None:
+            return set(asked)  # nothing is held for a class here
+        entry = entries[0]
+        rows = [h for _, h in index.holdings(object_id)]
+        local = next(iter(index.inventory_of([object_id])), None)
+        view = self.view(entry, doc, cls.grace, self.online(doc), rows, local)
+        tags = {x.peer_id.public_key: x.tags for x in doc.members}
+        maximum = cls.maximum if entry.n == 1 else 1
+        mine = view.provisional.get(self.me, set())
+        return releasable(self.me, object_id, entry.n, maximum, view.kept, mine, asked, tags, cls.spread)
+
+    def used(self, catalog: list[CatalogEntry] | None = None) -> dict[bytes, int]:
+        """Bytes each peer holds for the cloud, estimated from the ledger (cached between sweeps)."""
+        if catalog is None and self._used:
+            return {**self._used, self.me: self.service.node.store.used}
+        index = self.service.node.index
+        per_block: dict[bytes, int] = {}
+        after = b""
+        while page := index.catalog_after(after, 5000):
+            per_block.update((e.object_id, column_bytes(e) // max(1, e.total_blocks // e.n)) for e in page)
+            after = page[-1].object_id
         out: dict[bytes, int] = {}
-        for object_id, h in self.service.node.index.holdings():
+        for object_id, h in index.holdings():
             size = per_block.get(object_id)
             if size is not None:
                 out[h.peer_id] = out.get(h.peer_id, 0) + bit_count(h.bitmap) * size
-        out[self.me] = self.service.node.store.used
-        return out
+        self._used = out
+        return {**out, self.me: self.service.node.store.used}
 
     async def round(self) -> None:
-        """One pass over the catalog."""
+        """One pass: every object after a change of who is online (or every FULL_SWEEP), else those that changed."""
         doc = self.service.membership.doc
         if doc is None:
             return
         now = time.time()
         self._expire(now)
         online = self.online(doc)
-        others = [peer_hash(p) for p in online if p != self.me]
-        mine = peer_hash(self.me)
-        catalog = self.service.node.index.catalog()
-        sizes = {e.object_id: column_bytes(e) for e in catalog}
-        ranked = rank(self._candidates(doc, online, catalog, sizes))
-        tags = {x.peer_id.public_key: x.tags for x in doc.members}
-        calls = []
-        for entry in catalog:
-            cls = doc.class_map.get(entry.storage_class)
-            position = rank_of(entry.object_id, mine, others, BACKUPS + 1)
-            if cls is None or position > BACKUPS:
-                continue
-            rows = [h for _, h in self.service.node.index.holdings(entry.object_id)]
-            holders = self.holders(entry, doc, cls.grace, online, rows)
-            failed = {h.peer_id for h in rows if h.failed_at is not None}
-            pending = self._pending(entry.object_id, holders, online, failed, now)
-            willing = [c for c in ranked if (entry.object_id, c.peer) not in self.refused]
-            decision = plan(cls, entry.n, sizes[entry.object_id], holders, online, willing, tags, pending)
-            self.notes[entry.object_id] = decision.note
-            if not decision.place and not decision.release:
-                self.unfinished.pop(entry.object_id, None)
-                continue
-            # The takeover clock restarts whenever the holders change: progress is not a stall.
-            state = sorted((p, sorted(c)) for p, c in holders.items())
-            since, seen = self.unfinished.get(entry.object_id, (now, state))
-            if seen != state:
-                since = now
-            self.unfinished[entry.object_id] = (since, state)
-            if now - since >= position * TAKEOVER:
-                calls.append(self._carry_out(entry, decision, now))
-            await asyncio.sleep(0)  # a large catalog must not starve the peers' traffic
+        index = self.service.node.index
+        state = (frozenset(online), doc.seq)
+        full = state != self._swept or time.monotonic() - self._swept_at > FULL_SWEEP
+        todo = {*self.dirty, *self.unfinished, *(oid for oid, _ in self.pending)}
+        self.dirty.clear()
+        if full:
+            self._swept, self._swept_at = state, time.monotonic()
+            await asyncio.to_thread(self.used, [])
+        ctx = _Round(
+            doc,
+            online,
+            peer_hash(self.me),
+            [peer_hash(p) for p in online if p != self.me],
+            {x.peer_id.public_key: x.tags for x in doc.members},
+            now,
+        )
+        ctx.ranked = rank(self._candidates(doc, online))
+        calls: list[Coroutine[Any, Any, None]] = []
+        if full:
+            after = b""
+            while page := await asyncio.to_thread(index.catalog_after, after, PAGE):
+                after = page[-1].object_id
+                calls += await self._page(ctx, page)
+        else:
+            ids = list(todo)
+            for start in range(0, len(ids), PAGE):
+                calls += await self._page(ctx, index.catalog_of(ids[start : start + PAGE]))
         await asyncio.gather(*calls)
 
+    async def _page(self, ctx: "_Round", page: list[CatalogEntry]) -> list[Coroutine[Any, Any, None]]:
+        """Plan the objects of one page this node coordinates or backs up; their calls to make."""
+        index = self.service.node.index
+        mine = []
+        for entry in page:
+            cls = ctx.doc.class_map.get(entry.storage_class)
+            position = rank_of(entry.object_id, ctx.mine, ctx.others, BACKUPS + 1)
+            if cls is not None and position <= BACKUPS:
+                mine.append((entry, cls, position))
+        ids = [e.object_id for e, _, _ in mine]
+        rows = await asyncio.to_thread(index.holdings_of, ids)
+        local = {i.object_id: i for i in await asyncio.to_thread(index.inventory_of, ids)}
+        calls = []
+        for entry, cls, position in mine:
+            oid = entry.object_id
+            view = self.view(entry, ctx.doc, cls.grace, ctx.online, rows[oid], local.get(oid))
+            failed = {h.peer_id for h in rows[oid] if h.failed_at is not None}
+            pending = self._pending(oid, view.present, ctx.online, failed, ctx.now)
+            willing = [c for c in ctx.ranked if (oid, c.peer) not in self.refused]
+            size = column_bytes(entry)
+            decision = plan(
+                oid, cls, entry.n, size, view.present, ctx.online, willing, ctx.tags, pending, view.provisional
+            )
+            if decision.note:
+                self.notes[oid] = decision.note
+            else:
+                self.notes.pop(oid, None)
+            if not decision.place and not decision.release:
+                self.unfinished.pop(oid, None)
+                continue
+            # The takeover clock restarts whenever the holders change: progress is not a stall.
+            state = sorted((p, sorted(c)) for p, c in view.present.items())
+            since, seen = self.unfinished.get(oid, (ctx.now, state))
+            if seen != state:
+                since = ctx.now
+            self.unfinished[oid] = (since, state)
+            if ctx.now - since >= position * TAKEOVER:
+                calls.append(self._carry_out(entry, decision, ctx.now))
+        await asyncio.sleep(0)  # a large catalog must not starve the peers' traffic
+        return calls
+
     def _expire(self, now: float) -> None:
-        for key, (_, _, deadline) in list(self.pending.items()):
+        for key, (_, _, deadline, _) in list(self.pending.items()):
             if now > deadline:
                 log.info("placement of %s on %s not proved in time", key[0].hex()[:12], PeerId(key[1]).short())
                 del self.pending[key]
@@ -175,15 +284,13 @@ class Reconciler:
             if now - when > REFUSED_PAUSE:
                 del self.refused[key]
 
-    def _candidates(
-        self, doc: CloudDoc, online: set[bytes], catalog: list[CatalogEntry], sizes: dict[bytes, int]
-    ) -> list[Candidate]:
+    def _candidates(self, doc: CloudDoc, online: set[bytes]) -> list[Candidate]:
         """Online members with their free offered space, less what placements in flight will take."""
-        used = self.used(catalog)
+        used = self.used()
         load: dict[bytes, int] = {}
-        for (oid, peer), (cols, _, _) in self.pending.items():
+        for (_, peer), (cols, _, _, size) in self.pending.items():
             load[peer] = load.get(peer, 0) + len(cols)
-            used[peer] = used.get(peer, 0) + sizes.get(oid, 0) * len(cols)
+            used[peer] = used.get(peer, 0) + size * len(cols)
         out = []
         for x in doc.members:
             p = x.peer_id.public_key
@@ -195,7 +302,7 @@ class Reconciler:
         self, object_id: bytes, holders: dict[bytes, set[int]], online: set[bytes], failed: set[bytes], now: float
     ) -> dict[bytes, set[int]]:
         out = {}
-        for (oid, peer), (cols, _, _) in list(self.pending.items()):
+        for (oid, peer), (cols, _, _, _) in list(self.pending.items()):
             if oid != object_id:
                 continue
             if peer in failed:
@@ -215,7 +322,7 @@ class Reconciler:
     async def _place(self, entry: CatalogEntry, peer: bytes, cols: tuple[int, ...], now: float) -> None:
         log.info("placing %s shares %s on %s", entry.object_id.hex()[:12], list(cols), PeerId(peer).short())
         deadline = now + PENDING_BASE + column_bytes(entry) * len(cols) / 10e6
-        self.pending[(entry.object_id, peer)] = (set(cols), now, deadline)
+        self.pending[(entry.object_id, peer)] = (set(cols), now, deadline, column_bytes(entry))
         if peer == self.me:
             self.start_pull(entry.object_id, cols, entry.storage_class)
             return
@@ -264,18 +371,18 @@ class Reconciler:
         membership = self.service.membership
         doc = membership.doc
         if doc is None or not membership.is_member(link.peer_id):
-            link.respond(msg.id, m.Error(msg.id, "refused", "not a member of this node's cloud"))
+            await link.answer(msg.id, m.Error(msg.id, "refused", "not a member of this node's cloud"))
             return
         if isinstance(msg, m.Release):
             try:
                 await self.service.release(msg.object, msg.shares)
             except RefusedError as e:
-                link.respond(msg.id, m.Error(msg.id, "refused", str(e)))
+                await link.answer(msg.id, m.Error(msg.id, "refused", str(e)))
                 return
-            link.respond(msg.id, m.Ok(msg.id))
+            await link.answer(msg.id, m.Ok(msg.id))
             return
         if msg.cls not in doc.class_map:
-            link.respond(msg.id, m.Error(msg.id, "refused", f"unknown storage class {msg.cls!r}"))
+            await link.answer(msg.id, m.Error(msg.id, "refused", f"unknown storage class {msg.cls!r}"))
             return
-        link.respond(msg.id, m.Ok(msg.id))  # the offer is checked against the manifest before pulling
+        await link.answer(msg.id, m.Ok(msg.id))  # the offer is checked against the manifest before pulling
         self.start_pull(msg.object, msg.shares, msg.cls)

@@ -5,7 +5,6 @@ encryption, disk) runs in threads so the event loop keeps serving peers meanwhil
 """
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -15,26 +14,27 @@ from pathlib import Path
 from peercloud import __version__
 from peercloud.cloud.classes import DEFAULT_CLASSES
 from peercloud.cloud.document import CloudDoc
+from peercloud.cloud.keepers import tag_value
 from peercloud.cloud.ledger import (
     Holder,
     ObjectStatus,
-    bitmap_from_indexes,
     indexes_from_bitmap,
     object_status,
 )
 from peercloud.content import erasure
 from peercloud.content.caps import ReadCap
-from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest
+from peercloud.content.manifest import MAX_MANIFEST_SIZE, Manifest
 from peercloud.errors import NotFoundError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.net.link import Address, PeerLink, listen
 from peercloud.node import ingest, retrieve
 from peercloud.node.auditor import Auditor
+from peercloud.node.catalog import CatalogSync
 from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.local import LocalNode
 from peercloud.node.membership import Membership
 from peercloud.node.reconciler import Reconciler
-from peercloud.store.index import CatalogEntry, ObjectRecord
+from peercloud.store.index import ObjectRecord
 from peercloud.swarm import fetch
 from peercloud.swarm.peers import PeerManager
 from peercloud.swarm.upload import block_server
@@ -72,12 +72,19 @@ class NodeService:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have", "cloud", "audit"), f"peercloud/{__version__}")
-        self.peers = PeerManager(node.identity, hello, node.index, self._on_request, self.local_haves)
+        self.peers = PeerManager(
+            node.identity, hello, node.index, self._on_request, member=lambda pid: self.membership.is_member(pid)
+        )
         self.peers.on_link = self._on_link
         self.peers.on_notice_extra = self._on_notice
         self.membership = Membership(node.identity, node.index, self.peers, lambda: self.listening)
-        self.auditor = Auditor(node.index, node.store, self.peers, self.manifest)
+        self.catalog = CatalogSync(node.index, self.peers, self.membership)
+        self.membership.on_left = self.catalog.load
+        self.peers.ready = self.catalog.ready
+        self.auditor = Auditor(node.index, node.store, self.peers, self.manifest, self.membership.is_member)
         self.reconciler = Reconciler(self)
+        self.peers.on_claims = self.reconciler.dirty.update
+        self.auditor.on_proved = self.reconciler.dirty.add
         self._serve_blocks = block_server(node.store)
         self._locks: dict[bytes, asyncio.Lock] = {}
 
@@ -98,15 +105,23 @@ class NodeService:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.auditor.run()), loop.create_task(self.reconciler.run())]
 
-    async def stop(self) -> None:
-        """Close links and the listener."""
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.peers.stop()
+    async def stop(self, timeout: float = 1.5) -> None:
+        """Close the listener, links and background tasks, in at most `timeout` seconds whatever they do."""
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # no new peers while the rest closes
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        peers = loop.create_task(self.peers.stop(timeout - 0.2))
+        pending = {t for t in self._tasks if not t.done()}
+        while pending and loop.time() < deadline:
+            # Cancel again each round: asyncio.wait_for (Python 3.11) drops a cancel that lands as it
+            # finishes, and a task that swallowed one (the auditor in peers.changed) would run forever.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        await asyncio.wait({peers}, timeout=max(0.0, deadline - loop.time()))
+        if pending:
+            log.warning("%d background task(s) still running after %.1f s of shutdown", len(pending), timeout)
 
     # -- what peers ask and tell
 
@@ -119,56 +134,21 @@ class NodeService:
             await self.membership.on_request(link, msg)
         elif isinstance(msg, m.Place | m.Release):
             await self.reconciler.on_request(link, msg)
+        elif isinstance(msg, m.CatalogWant):
+            await self.catalog.on_request(link, msg)
 
     def _on_notice(self, link: PeerLink, msg: m.Message) -> None:
         if isinstance(msg, m.CloudDoc):
             self.membership.on_gossip(link, msg)
-        elif isinstance(msg, m.Catalog) and self.membership.is_member(link.peer_id):
-            shape_ok = 1 <= msg.k <= msg.n <= 256 and msg.total % msg.n == 0 and msg.total <= MAX_BLOCKS
-            segments = msg.total // msg.n if shape_ok else 0
-            if not shape_ok or not (segments - 1) * MIN_SEGMENT_SIZE < msg.size <= segments * MAX_SEGMENT_SIZE:
-                link.close("catalog entry with an impossible shape")
-                return
-            doc = self.membership.doc
-            if doc is not None and msg.cls in doc.class_map:  # an unknown class would never be placed
-                entry = CatalogEntry(msg.object, msg.cls, msg.total, msg.k, msg.n, msg.size, time.time())
-                self.node.index.put_catalog(entry)
+        elif isinstance(msg, m.Catalog | m.CatalogDigest):
+            self.catalog.on_notice(link, msg)
 
     def _on_link(self, link: PeerLink) -> None:
         self.membership.on_link(link)
-        if self.membership.is_member(link.peer_id):
-            for entry in self.node.index.catalog():
-                link.notify(_catalog_message(entry))
-
-    def _publish_catalog(self, entry: CatalogEntry) -> None:
-        for link in list(self.peers.links.values()):
-            if self.membership.is_member(link.peer_id):
-                link.notify(_catalog_message(entry))
-
-    # -- what we hold
-
-    def local_bitmap(self, object_id: bytes) -> bytes | None:
-        """Our HAVE bitmap for an object, or None when we know nothing of it."""
-        local = holding_here(self.node, object_id)
-        if local is None:
-            return None
-        rec = self.node.index.get_object(object_id)
-        total = (rec.total_blocks - 1) if rec else 0
-        return bitmap_from_indexes(total, local)
-
-    def local_haves(self) -> list[tuple[bytes, bytes, bool]]:
-        """(object, bitmap, pinned) for everything we hold some of, sent to each new link."""
-        out = []
-        for rec in self.node.index.objects():
-            bitmap = self.local_bitmap(rec.object_id)
-            if bitmap is not None and rec.local_blocks:
-                out.append((rec.object_id, bitmap, self.node.index.is_pinned(rec.object_id)))
-        return out
+        self.catalog.on_link(link)
 
     def _announce(self, object_id: bytes) -> None:
-        bitmap = self.local_bitmap(object_id)
-        if bitmap is not None:
-            self.peers.announce(object_id, bitmap, self.node.index.is_pinned(object_id))
+        self.peers.announce(object_id)
 
     # -- operations
 
@@ -187,7 +167,8 @@ class NodeService:
         )
         manifest = result.manifest
         for entry in self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over
-            self._publish_catalog(entry)
+            self.catalog.added_here(entry)
+            self.reconciler.dirty.add(entry.object_id)
         self._announce(manifest.object_id)
         return result
 
@@ -228,6 +209,8 @@ class NodeService:
                 raise NotFoundError(
                     f"unknown object {object_id.hex()}: not stored here and no connected peer has it"
                 ) from None
+        if not self.node.index.holdings(object_id):
+            self.peers.query(object_id)  # announcements made before we knew the object were not kept
         return self.node.manifest(object_id)
 
     async def _gather(self, manifest: Manifest, all_blocks: bool, progress: Progress | None) -> None:
@@ -343,10 +326,10 @@ class NodeService:
         await self._drop(manifest.object_id, helpers)
 
     async def release(self, object_id: bytes, shares: tuple[int, ...]) -> None:
-        """Stop keeping share columns for the cloud, unless that would leave the object short.
+        """Stop keeping share columns for the cloud, unless this node is one of their keepers.
 
-        Whoever asks, the ledger here decides: the other members' proved copies online must
-        still meet the class without this node's columns. Blocks nothing else keeps are deleted.
+        Whoever asks, and however many holders are asked at once, the keeper rule
+        (`cloud/keepers.py`) keeps the class whole. Blocks nothing else keeps are deleted.
         """
         if not self.node.store.has(object_id):
             return
@@ -355,29 +338,24 @@ class NodeService:
         async with self._lock(object_id):
             manifest = self.node.manifest(object_id)
             n = manifest.coding.n
-            status = self.ledger(object_id)
-            drop = {s * n + j for s in range(manifest.segment_count) for j in shares if j < n}
-            mine = next((h for h in status.holders if h.is_self), None)
-            if mine is not None:
-                kept = tuple(i for i in mine.confirmed if i not in drop)
-                left = replace(
-                    status,
-                    holders=tuple(replace(h, blocks=kept, confirmed=kept) if h.is_self else h for h in status.holders),
-                ).redundancy()
-                if status.storage_class is not None and left.available < left.target:
-                    raise RefusedError(
-                        f"releasing would leave {left.available} of the {left.target} copies or shares "
-                        "the class needs proved online"
-                    )
-            blocks = [manifest.block(i // n, i % n) for i in sorted(drop)]
-            self.node.index.release(object_id, blocks)
-            await self._drop(object_id, blocks)
+            asked = {j for j in shares if j < n}
+            allowed = self.reconciler.releasable(object_id, asked)
+            blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in sorted(allowed)]
+            if blocks:
+                self.node.index.release(object_id, blocks)
+                await self._drop(object_id, blocks)
+            if asked - allowed:
+                raise RefusedError(
+                    f"the class needs this node's share column(s) {sorted(asked - allowed)}: "
+                    "it is one of their keepers among the proved, online holders"
+                )
 
     async def _drop(self, object_id: bytes, blocks: list[bytes]) -> None:
         stored = [b for b in dict.fromkeys(blocks) if self.node.store.has(b)]
         kept = self.node.index.kept(stored)
         doomed = [b for b in stored if b not in kept]
         await asyncio.to_thread(self.node.store.delete, doomed)
+        self.reconciler.dirty.add(object_id)
         self._announce(object_id)
 
     def _lock(self, object_id: bytes) -> asyncio.Lock:
@@ -385,17 +363,18 @@ class NodeService:
         return self._locks.setdefault(object_id, asyncio.Lock())
 
     async def unpin(self, text: str) -> ObjectStatus:
-        """Drop this node's copy, unless the others would leave the object below its class minimum."""
+        """Drop this node's copy, unless it keeps a column the class needs (it is a keeper)."""
         object_id = self.node.resolve(text).object_id
         async with self._lock(object_id):
             status = self.ledger(object_id)
-            others = replace(status, holders=tuple(h for h in status.holders if not h.is_self))
-            left = others.redundancy()
-            if status.storage_class is not None and left.available < left.target:
-                unit = "copies" if status.n == 1 else "shares per segment"
+            n = max(1, status.n)
+            needed = set(range(n)) - self.reconciler.releasable(object_id, set(range(n)))
+            if status.storage_class is not None and needed:
+                unit = "copies" if n == 1 else "shares per segment"
+                left = replace(status, holders=tuple(h for h in status.holders if not h.is_self)).redundancy()
                 raise RefusedError(
-                    f"refusing to unpin: without this node the object would have {left.available} {unit} "
-                    f"proved online, below the {left.target} that class {status.storage_class.name} needs"
+                    f"refusing to unpin: this node keeps a copy class {status.storage_class.name} needs; without it"
+                    f" the object would have {left.available} {unit} proved online, below its keepers'"
                 )
             self.node.index.unpin(object_id)
             self.node.index.release(object_id)
@@ -434,10 +413,6 @@ class NodeService:
         )
 
 
-def _catalog_message(entry: CatalogEntry) -> m.Catalog:
-    return m.Catalog(entry.object_id, entry.storage_class, entry.total_blocks, entry.k, entry.n, entry.size)
-
-
 def known_objects(node: LocalNode) -> list[bytes]:
     """The cloud's objects, then those known only here, each once."""
     ids = dict.fromkeys(e.object_id for e in node.index.catalog())
@@ -470,7 +445,13 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
     else:
         raise NotFoundError(f"unknown object {object_id.hex()}: not in this node's cloud or store")
     classes = doc.class_map if doc else DEFAULT_CLASSES
+    cls = classes.get(class_name)
     local = holding_here(node, object_id) or []
+
+    def spread_of(pid: PeerId) -> str | None:
+        member = doc.member(pid) if doc is not None else None
+        return tag_value(member.tags, cls.spread) if member is not None and cls is not None and cls.spread else None
+
     holders = []
     for _, h in node.index.holdings(object_id):
         pid = PeerId(h.peer_id)
@@ -488,8 +469,9 @@ def ledger_view(node: LocalNode, object_id: bytes, online: set[PeerId], doc: Clo
                 h.failed_at is not None,
                 h.pinned,
                 h.checked_at,
+                spread_of(pid),
             )
         )
-    me = str(node.identity.peer_id)
-    cls = classes.get(class_name)
-    return object_status(object_id, total, me, local, holders, k, n, cls, size, node.index.is_pinned(object_id))
+    me = node.identity.peer_id
+    pinned = node.index.is_pinned(object_id)
+    return object_status(object_id, total, str(me), local, holders, k, n, cls, size, pinned, spread_of(me))

@@ -5,16 +5,18 @@ block that is missing or partial after a crash. One connection is shared by the 
 threads behind a lock; SQLite transactions make each change all-or-nothing.
 """
 
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+from peercloud.store.cloudtables import CatalogEntry, CloudTables, insert_catalog
+from peercloud.store.db import placeholders
+from peercloud.store.holdings import Claim, Holding, HoldingTables
+
+__all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord"]
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -89,6 +91,24 @@ ALTER TABLE holdings ADD COLUMN checked_at REAL;
 ALTER TABLE holdings ADD COLUMN failed_at REAL;
 ALTER TABLE holdings ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
 """
+# Version 4: provisional holds (an owner's fresh EC shares) and claims, and when each claim is
+# next due for an audit (indexed, so the auditor never scans every claim).
+_SCHEMA_V4 = """
+ALTER TABLE holds ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holdings ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holdings ADD COLUMN due_at REAL NOT NULL DEFAULT 0;
+CREATE INDEX holdings_due ON holdings(peer_id, due_at);
+"""
+
+
+@dataclass(frozen=True)
+class InventoryItem:
+    """What this node announces of one object: its HAVE bitmap and flags."""
+
+    object_id: bytes
+    bitmap: bytes
+    pinned: bool
+    provisional: bool
 
 
 @dataclass(frozen=True)
@@ -110,32 +130,6 @@ class ObjectRecord:
         return 100.0 * self.local_blocks / self.total_blocks if self.total_blocks else 100.0
 
 
-@dataclass(frozen=True)
-class Holding:
-    """What one peer announced of one object, and how much of that an audit confirmed."""
-
-    peer_id: bytes
-    bitmap: bytes
-    updated_at: float
-    confirmed: bytes
-    checked_at: float | None
-    failed_at: float | None
-    pinned: bool = False
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """An object of the cloud: its class and shape, known to every member."""
-
-    object_id: bytes
-    storage_class: str
-    total_blocks: int
-    k: int
-    n: int
-    size: int
-    added_at: float
-
-
 _OBJECT_COLUMNS = """
     o.id, o.name, o.size, o.class, o.added_at, o.read_key,
     (SELECT COUNT(*) FROM object_blocks ob JOIN blocks b ON b.id = ob.block_id
@@ -144,46 +138,12 @@ _OBJECT_COLUMNS = """
 """
 
 
-class Index:
-    """Thread-safe access to the node's SQLite index."""
+class Index(HoldingTables, CloudTables):
+    """The node's index: every table, each concern in its own module, over one connection."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        with self.transaction() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"index {path} has schema {version}; this peercloud knows {SCHEMA_VERSION}")
-            for target, script in ((1, _SCHEMA), (2, _SCHEMA_V2), (3, _SCHEMA_V3)):
-                if version < target:
-                    for statement in _split(script):
-                        db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        """Release the database (checkpointing the WAL)."""
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a group of statements atomically, holding the lock against other threads."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: Iterable[object] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+        super().__init__(path)
+        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4])
 
     # -- blocks
 
@@ -264,11 +224,12 @@ class Index:
             if pin:
                 db.execute("INSERT OR IGNORE INTO pins (object_id) VALUES (?)", (record.object_id,))
             if catalog is not None:
+                # An owner's EC shares are provisional: they go once placement spread them.
                 db.executemany(
-                    "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)",
-                    [(record.object_id, bid) for _, _, bid in blocks],
+                    "INSERT OR IGNORE INTO holds (object_id, block_id, provisional) VALUES (?, ?, ?)",
+                    [(record.object_id, bid, catalog.n > 1) for _, _, bid in blocks],
                 )
-                _insert_catalog(db, catalog)
+                insert_catalog(db, catalog)
 
     def _record(self, row: Any) -> ObjectRecord:
         oid, name, size, cls, added, key, local, total = row
@@ -314,77 +275,7 @@ class Index:
         """True when the object is pinned here."""
         return bool(self._query("SELECT 1 FROM pins WHERE object_id = ?", (object_id,)))
 
-    # -- peers and what they hold
-
-    def add_peer(self, peer_id: bytes, address: str) -> None:
-        """Remember a peer to dial (replacing its address)."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO peers (peer_id, address, added_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(peer_id) DO UPDATE SET address = excluded.address",
-                (peer_id, address, time.time()),
-            )
-
-    def remove_peer(self, peer_id: bytes) -> bool:
-        """Forget a peer and what it held; False when it was not known."""
-        with self.transaction() as db:
-            gone = db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,)).rowcount
-            db.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
-        return bool(gone)
-
-    def peers(self) -> list[tuple[bytes, str]]:
-        """Peers to dial, oldest first."""
-        return [(bytes(r[0]), str(r[1])) for r in self._query("SELECT peer_id, address FROM peers ORDER BY added_at")]
-
-    def set_holding(
-        self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0, pinned: bool = False
-    ) -> None:
-        """Record (part of) a peer's HAVE bitmap for one object, and whether it pinned it by hand."""
-        with self.transaction() as db:
-            row = db.execute(
-                "SELECT bitmap, confirmed FROM holdings WHERE peer_id = ? AND object_id = ?", (peer_id, object_id)
-            ).fetchone()
-            old = bytearray(row[0]) if row and offset else bytearray()
-            if len(old) < offset + len(bitmap):
-                old.extend(bytes(offset + len(bitmap) - len(old)))
-            old[offset : offset + len(bitmap)] = bitmap
-            proved = bytes(row[1]) if row else b""
-            # Proofs stay for claimed blocks; beyond this piece they wait for the next pieces.
-            confirmed = bytes(a & b for a, b in zip(proved, old, strict=False)) + proved[len(old) :]
-            db.execute(
-                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed, pinned)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET bitmap = excluded.bitmap,"
-                " updated_at = excluded.updated_at, confirmed = excluded.confirmed, pinned = excluded.pinned",
-                (peer_id, object_id, bytes(old), time.time(), confirmed, pinned),
-            )
-
-    def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool) -> None:
-        """Record an audit of a peer's claim: the blocks it proved, or that it failed."""
-        now = time.time()
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE holdings SET confirmed = ?, checked_at = ?,"
-                " failed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE peer_id = ? AND object_id = ?",
-                (confirmed, now, failed, now, peer_id, object_id),
-            )
-
-    def holdings(self, object_id: bytes | None = None) -> list[tuple[bytes, Holding]]:
-        """(object, holding) for every peer that announced blocks of this object (or of any)."""
-        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("", ())
-        rows = self._query(
-            "SELECT object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned"
-            f" FROM holdings {where}",
-            args,
-        )
-        return [
-            (bytes(r[0]), Holding(bytes(r[1]), bytes(r[2]), float(r[3]), bytes(r[4]), r[5], r[6], bool(r[7])))
-            for r in rows
-        ]
-
-    def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
-        """(object, bitmap) for everything one peer announced."""
-        rows = self._query("SELECT object_id, bitmap FROM holdings WHERE peer_id = ?", (peer_id,))
-        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+    # -- what this node holds
 
     def local_indexes(self, object_id: bytes, held_only: bool = False) -> list[int] | None:
         """Positions (in manifest order) of the object's blocks stored here (and, with `held_only`,
@@ -401,101 +292,57 @@ class Index:
         n = max(int(r[1]) for r in rows) + 1
         return sorted(int(r[0]) * n + int(r[1]) for r in rows if r[2])
 
-    # -- the cloud
+    def local_inventory(self, after: bytes, limit: int) -> tuple[list[InventoryItem], bytes | None]:
+        """A page of what this node announces, in object ID order after `after` (and the cursor, None at the end)."""
+        ids = [
+            bytes(r[0]) for r in self._query("SELECT id FROM objects WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        ]
+        if not ids:
+            return [], None
+        return [item for item in self.inventory_of(ids) if any(item.bitmap)], ids[-1]
 
-    def cloud_doc(self) -> bytes | None:
-        """The signed cloud document this node holds, if it is in a cloud."""
-        rows = self._query("SELECT doc FROM cloud WHERE id = 1")
-        return bytes(rows[0][0]) if rows else None
+    def inventory_of(self, ids: list[bytes]) -> list[InventoryItem]:
+        """What this node announces of these objects (empty bitmaps included: a release is news too).
 
-    def set_cloud_doc(self, doc: bytes) -> None:
-        """Replace the cloud document (leaving the cloud is `leave_cloud`)."""
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO cloud (id, doc) VALUES (1, ?)", (doc,))
-
-    def add_invite(self, secret_hash: bytes, expires_at: float | None) -> None:
-        """Remember an invite this admin issued (only its hash)."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO invites (secret_hash, created_at, expires_at) VALUES (?, ?, ?)",
-                (secret_hash, time.time(), expires_at),
-            )
-
-    def use_invite(self, secret_hash: bytes, peer_id: bytes, retry: bool) -> str | None:
-        """Spend an invite for a peer, atomically; the reason it cannot be used, or None.
-
-        `retry`: the peer is a member already (its first answer was lost), so its own invite
-        may be presented again; a removed member cannot come back with it.
+        For the cloud's objects only blocks it keeps (held, or all when pinned) count; for
+        others every stored block. Four indexed queries, whatever the library's size.
         """
-        with self.transaction() as db:
-            row = db.execute("SELECT expires_at, used_by FROM invites WHERE secret_hash = ?", (secret_hash,)).fetchone()
-            if row is None:
-                return "this invite was not issued by this admin"
-            if row[1] is not None and not (retry and bytes(row[1]) == peer_id):
-                return "this invite was already used"
-            if row[0] is not None and time.time() > row[0]:
-                return "this invite has expired"
-            db.execute("UPDATE invites SET used_by = ? WHERE secret_hash = ?", (peer_id, secret_hash))
-            return None
-
-    def put_catalog(self, entry: CatalogEntry) -> bool:
-        """Record an object of the cloud; the first entry for an object stays. True when new."""
-        with self.transaction() as db:
-            return _insert_catalog(db, entry)
-
-    def leave_cloud(self) -> None:
-        """Forget the cloud, its catalog and what was held for it, in one transaction."""
-        with self.transaction() as db:
-            for table in ("cloud", "catalog", "holds"):
-                db.execute(f"DELETE FROM {table}")
-
-    def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
-        """Objects of the cloud (or one of them)."""
-        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
-        rows = self._query(f"SELECT object_id, class, total_blocks, k, n, size, added_at FROM catalog {where}", args)
-        return [CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[6]) for r in rows]
-
-    def hold(self, object_id: bytes, block_ids: Iterable[bytes]) -> None:
-        """Keep these blocks for the cloud (garbage collection spares them)."""
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO holds (object_id, block_id) VALUES (?, ?)", [(object_id, b) for b in block_ids]
-            )
-
-    def release(self, object_id: bytes, block_ids: Iterable[bytes] | None = None) -> None:
-        """Stop keeping blocks of an object for the cloud (all of them when None)."""
-        with self.transaction() as db:
-            if block_ids is None:
-                db.execute("DELETE FROM holds WHERE object_id = ?", (object_id,))
-            else:
-                db.executemany(
-                    "DELETE FROM holds WHERE object_id = ? AND block_id = ?", [(object_id, b) for b in block_ids]
-                )
-
-    def kept(self, block_ids: Iterable[bytes]) -> set[bytes]:
-        """The subset of blocks a pin or a hold still keeps (the rest may be deleted)."""
-        out = set()
-        for bid in block_ids:
-            if self._query(
-                """SELECT 1 FROM holds WHERE block_id = ?1
-                   UNION ALL SELECT 1 FROM pins WHERE object_id = ?1
-                   UNION ALL SELECT 1 FROM object_blocks ob JOIN pins p ON p.object_id = ob.object_id
-                   WHERE ob.block_id = ?1 LIMIT 1""",
-                (bid,),
-            ):
-                out.add(bid)
+        out = []
+        for start in range(0, len(ids), 500):
+            out += self._inventory(ids[start : start + 500])
         return out
 
-
-def _insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
-    return bool(
-        db.execute(
-            "INSERT OR IGNORE INTO catalog (object_id, class, total_blocks, k, n, size, added_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.object_id, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.added_at),
-        ).rowcount
-    )
-
-
-def _split(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    def _inventory(self, ids: list[bytes]) -> list[InventoryItem]:
+        marks = placeholders(len(ids))
+        cloud = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM catalog WHERE object_id IN ({marks})", ids)}
+        pinned = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM pins WHERE object_id IN ({marks})", ids)}
+        provisional = {
+            bytes(r[0])
+            for r in self._query(
+                f"SELECT DISTINCT object_id FROM holds WHERE provisional = 1 AND object_id IN ({marks})", ids
+            )
+        }
+        rows = self._query(
+            f"""SELECT ob.object_id, ob.segment, ob.share, EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id),
+                   EXISTS (SELECT 1 FROM holds h WHERE h.object_id = ob.object_id AND h.block_id = ob.block_id)
+               FROM object_blocks ob WHERE ob.object_id IN ({marks}) AND ob.segment >= 0""",
+            ids,
+        )
+        per: dict[bytes, list[tuple[int, int, bool]]] = {}
+        for oid, seg, share, stored, held in rows:
+            oid = bytes(oid)
+            counts = oid not in cloud or oid in pinned or bool(held)
+            per.setdefault(oid, []).append((int(seg), int(share), bool(stored) and counts))
+        out = []
+        for oid in ids:
+            blocks = per.get(oid)
+            if not blocks:
+                continue
+            n = max(share for _, share, _ in blocks) + 1
+            bitmap = bytearray((len(blocks) + 7) // 8)
+            for seg, share, have in blocks:
+                if have:
+                    i = seg * n + share
+                    bitmap[i // 8] |= 0x80 >> (i % 8)
+            out.append(InventoryItem(oid, bytes(bitmap), oid in pinned, oid in provisional))
+        return out

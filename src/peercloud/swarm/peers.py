@@ -5,14 +5,15 @@ import contextlib
 import logging
 import random
 import time
-import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from peercloud.errors import UsageError
 from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler, dial
-from peercloud.store.index import Index
+from peercloud.store.index import Claim, Index
+from peercloud.swarm.inventory import InventorySender
+from peercloud.wire import batches
 from peercloud.wire import messages as m
 from peercloud.wire.connection import State
 
@@ -22,7 +23,7 @@ BACKOFF_MAX = 30.0
 BAN_SECONDS = 600.0
 KEEPALIVE = 15.0  # ping interval; a link that misses one is closed (and re-dialed)
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
-MAX_HAVE_OBJECTS = 100_000  # distinct objects one connection may announce
+MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
 
 
 @dataclass
@@ -48,37 +49,50 @@ class PeerManager:
         hello: m.Hello,
         index: Index,
         on_request: RequestHandler,
-        local_haves: Callable[[], list[tuple[bytes, bytes, bool]]],
+        member: Callable[[PeerId], bool] = lambda _: False,
     ) -> None:
         self.identity = identity
         self.hello = hello
         self.index = index
         self.on_request = on_request
-        self.local_haves = local_haves
+        self.member = member  # members' claims are not capped like outsiders'
+        self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
         self.links: dict[PeerId, PeerLink] = {}
+        self.senders: dict[PeerLink, InventorySender] = {}
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
         self._closing = False
         self.have_version = 0  # bumps on every HAVE received: holder maps rebuild lazily
-        self._announced: weakref.WeakKeyDictionary[PeerLink, set[bytes]] = weakref.WeakKeyDictionary()
         self.last_seen: dict[PeerId, float] = {}  # when each peer's link last closed (wall clock)
-        self.on_link: Callable[[PeerLink], None] | None = None  # after HAVEs are sent to a new link
+        self.on_link: Callable[[PeerLink], None] | None = None  # a new link is registered
         self.on_notice_extra: Callable[[PeerLink, m.Message], None] | None = None  # notices besides HAVE
+        self.on_claims: Callable[[list[bytes]], None] = lambda _: None  # objects whose claims changed
 
     def start(self) -> None:
         """Dial every stored peer (and keep dialing)."""
         for raw, address in self.index.peers():
             self._keep(PeerId(raw), address)
 
-    async def stop(self) -> None:
-        """Close every link and stop dialing."""
-        self._closing = True
-        for task in self._keepers.values():
-            task.cancel()
-        for link in list(self.links.values()):
+    async def stop(self, timeout: float = 1.0) -> None:
+        """Stop dialing and close every link; waits at most `timeout` s for dials and links to end."""
+        self._closing = True  # keepers started from now on (add, ensure) end at once
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        links = list(self.links.values())
+        for link in links:
             link.close("shutting down")
-        await asyncio.sleep(0)
+        keepers = {t for t in self._keepers.values() if not t.done()}
+        while keepers and loop.time() < deadline:
+            # Cancel again each round: asyncio.wait_for (Python 3.11) drops a cancel that lands as it finishes.
+            for task in keepers:
+                task.cancel()
+            _, keepers = await asyncio.wait(keepers, timeout=0.1)
+        closing = {lk.closed for lk in links if not lk.closed.done()}
+        if closing:
+            _, closing = await asyncio.wait(closing, timeout=max(0.0, deadline - loop.time()))
+        if keepers or closing:
+            log.warning("%d dial(s) and %d link(s) still open after %.1f s", len(keepers), len(closing), timeout)
 
     def add(self, peer_id: PeerId, address: Address) -> None:
         """Persist a peer and start keeping a connection to it."""
@@ -174,15 +188,25 @@ class PeerManager:
             drop.close("duplicate connection")
             if keep is existing:
                 return
+        elif len(self.links) >= MAX_LINKS and not self.member(pid) and pid not in self._keepers:
+            link.close("too many peers connected")
+            return
         self.links[pid] = link
         link.closed.add_done_callback(lambda _: self._unregister(link))
-        for object_id, bitmap, pinned in self.local_haves():
-            self._send_have(link, object_id, bitmap, pinned)
         if self.on_link is not None:
             self.on_link(link)
         self._changed.set()
-        task = asyncio.get_running_loop().create_task(self._keepalive(link))
-        link.closed.add_done_callback(lambda _: task.cancel())
+        sender = InventorySender(link, self.index, self.ready)
+        self.senders[link] = sender
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._keepalive(link)), loop.create_task(sender.run())]
+
+        def closed(_: object) -> None:
+            self.senders.pop(link, None)
+            for task in tasks:
+                task.cancel()
+
+        link.closed.add_done_callback(closed)
 
     async def _keepalive(self, link: PeerLink) -> None:
         """Measure RTT now and every KEEPALIVE seconds; a silent peer's link is closed."""
@@ -201,31 +225,46 @@ class PeerManager:
             self._changed.set()
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> None:
-        """Store a peer's HAVE; pass other notices on."""
-        if not isinstance(msg, m.Have):
-            if self.on_notice_extra is not None and link.peer_id is not None:
+        """Store a peer's HAVEs (one transaction per message); pass other notices on."""
+        peer = link.peer_id
+        if peer is None:
+            return
+        if isinstance(msg, m.Have):
+            claims = [Claim(msg.object, msg.bitmap, msg.offset, msg.pinned, msg.provisional)]
+        elif isinstance(msg, m.HaveQuery):
+            sender = self.senders.get(link)
+            ids = [msg.objects[i : i + 32] for i in range(0, len(msg.objects), 32)]
+            if sender is not None:
+                for oid in self.index.known(ids[:2048]):
+                    sender.announce(oid)
+            return
+        elif isinstance(msg, m.Haves):
+            try:
+                entries = batches.unpack_haves(msg.entries)
+            except m.ProtocolError as e:
+                link.close(str(e))
+                return
+            claims = [Claim(e.object_id, e.bitmap, 0, e.pinned, e.provisional) for e in entries]
+        else:
+            if self.on_notice_extra is not None:
                 self.on_notice_extra(link, msg)
             return
-        if link.peer_id is not None:
-            announced = self._announced.setdefault(link, set())
-            announced.add(msg.object)
-            if len(announced) > MAX_HAVE_OBJECTS:
-                link.close(f"announced more than {MAX_HAVE_OBJECTS} objects")
-                return
-            self.index.set_holding(link.peer_id.public_key, msg.object, msg.bitmap, msg.offset, msg.pinned)
+        # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
+        if self.index.set_holdings(peer.public_key, claims, member=self.member(peer)):
             self.have_version += 1
             self._changed.set()
+            self.on_claims([c.object_id for c in claims])
 
-    def announce(self, object_id: bytes, bitmap: bytes, pinned: bool = False) -> None:
-        """Tell every connected peer what we now hold of an object (and whether we pinned it)."""
+    def query(self, object_id: bytes) -> None:
+        """Ask every connected peer for its HAVE of an object we just learned."""
         for link in list(self.links.values()):
-            self._send_have(link, object_id, bitmap, pinned)
+            if link.conn.state is State.OPEN:
+                link.notify(m.HaveQuery(object_id))
 
-    def _send_have(self, link: PeerLink, object_id: bytes, bitmap: bytes, pinned: bool) -> None:
-        if link.conn.state is not State.OPEN:
-            return
-        for offset in range(0, max(1, len(bitmap)), m.HAVE_PIECE):
-            link.notify(m.Have(object_id, bitmap[offset : offset + m.HAVE_PIECE], offset, pinned))
+    def announce(self, object_id: bytes) -> None:
+        """Our holdings of an object changed: every connected peer hears of it (batched, paced)."""
+        for sender in list(self.senders.values()):
+            sender.announce(object_id)
 
     def _keep(self, peer_id: PeerId, address: str) -> None:
         self._keepers[peer_id] = asyncio.get_running_loop().create_task(self._keeper(peer_id, address))
@@ -260,6 +299,10 @@ class PeerManager:
                     continue
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_MAX)
+
+
+async def _at_once(_: PeerLink) -> None:
+    return None
 
 
 def parse_peer(text: str) -> tuple[PeerId, Address]:

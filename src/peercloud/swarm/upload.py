@@ -23,9 +23,8 @@ def block_server(store: BlockStore) -> RequestHandler:
             try:
                 data = await asyncio.to_thread(store.get, msg.block)
             except (NotFoundError, IntegrityError):
-                link.respond(msg.id, m.Error(msg.id, "not_found", "block not held here"))
+                await link.answer(msg.id, m.Error(msg.id, "not_found", "block not held here"))
                 return
-            await link.writable()  # the socket's buffer drained below its high-water mark
-            link.respond(msg.id, m.BlockData(msg.id, msg.block), data)
+            await link.answer(msg.id, m.BlockData(msg.id, msg.block), data)
 
     return on_request

@@ -129,7 +129,7 @@ class PeerConnection:
         self._inbuf = bytearray()
         self._out: list[bytes | memoryview] = []
         self._events: deque[Event] = deque()
-        self._frames = m.FrameDecoder()
+        self._frames = m.FrameDecoder(self._accept)
         self._next_id = 1
         self._outstanding: dict[int, _Outstanding] = {}
         self._inflight_from_peer: set[int] = set()
@@ -360,6 +360,10 @@ class PeerConnection:
                     self._dispatch(msg, body)
                     if self.state is not State.OPEN:
                         return
+                # A record is full or ends at a frame boundary (our sender cuts frames so): a
+                # frame dribbled in tiny records would cost a record's overhead per byte.
+                if self._frames.partial and len(plaintext) < RECORD_PLAINTEXT:
+                    raise m.ProtocolError("a record ended inside a frame without being full")
         finally:
             view.release()
             del buf[:pos]
@@ -381,8 +385,20 @@ class PeerConnection:
         if count > self.limits.max_messages_per_second:
             raise m.ProtocolError("peer exceeded the message rate limit")
 
-    def _dispatch(self, msg: m.Message, payload: bytes | memoryview) -> None:
+    def _accept(self, msg: m.Message, payload_len: int) -> bool:
+        """Judge a frame once its header is in, before its payload: False skips the payload."""
         self._rate_check()
+        if not payload_len:
+            return True
+        assert isinstance(msg, m.BlockData | m.Proof)
+        out = self._outstanding.get(msg.id)
+        if out is None:
+            return False  # the answer to a request we cancelled or gave up on: never buffered
+        if not isinstance(out.message, m.GetBlock | m.Audit) or out.message.block != msg.block:
+            raise m.ProtocolError("peer answered with a block that was not asked for")
+        return True
+
+    def _dispatch(self, msg: m.Message, payload: bytes | memoryview) -> None:
         if isinstance(msg, m.Request):
             if msg.id in self._inflight_from_peer:
                 raise m.ProtocolError(f"request id {msg.id} reused while in flight")

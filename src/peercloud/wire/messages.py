@@ -10,6 +10,7 @@ here reads untrusted bytes: sizes are bounded, and every field is type-checked.
 """
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
@@ -102,6 +103,7 @@ class Have(Message):
     bitmap: bytes
     offset: int = 0
     pinned: bool = False  # held by the sender's own choice: an extra copy placement neither counts nor releases
+    provisional: bool = False  # an owner's fresh EC shares: kept until placement spread them
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,58 @@ class Catalog(Message):
 
 
 @dataclass(frozen=True)
+class Haves(Message):
+    """Inventory in bulk: many objects' HAVE bitmaps in one message (`wire/batches.py` packs them).
+
+    Sent when a link opens and whenever holdings change, so a library of 100,000 objects costs
+    dozens of messages, not 100,000; objects with bitmaps too long for a batch go as `Have`.
+    """
+
+    TYPE: ClassVar[str] = "haves"
+    entries: bytes
+
+
+@dataclass(frozen=True)
+class HaveQuery(Message):
+    """Ask for the sender's HAVEs of some objects (32-byte IDs, concatenated): a node that just
+    learned an object (fetched its manifest) had dropped earlier announcements of it."""
+
+    TYPE: ClassVar[str] = "have_query"
+    objects: bytes
+
+
+@dataclass(frozen=True)
+class CatalogDigest(Message):
+    """Gossip: a summary of the sender's catalog (per bucket of object IDs: count and hash).
+
+    A member whose catalog differs pulls the differing buckets (`CatalogWant`) from one peer.
+    """
+
+    TYPE: ClassVar[str] = "catalog_digest"
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class CatalogWant(Message):
+    """Ask a member for its catalog entries in some buckets, after object ID `after`."""
+
+    TYPE: ClassVar[str] = "catalog_want"
+    id: int
+    buckets: bytes  # bitmap over the 256 buckets (the first byte of the object ID)
+    after: bytes = b""
+
+
+@dataclass(frozen=True)
+class CatalogPage(Message):
+    """Answer to `CatalogWant`: packed entries in object ID order; `more` when the page is full."""
+
+    TYPE: ClassVar[str] = "catalog_page"
+    id: int
+    entries: bytes
+    more: bool = False
+
+
+@dataclass(frozen=True)
 class Error(Message):
     """A typed failure: in answer to request `id`, or (id 0) about the connection."""
 
@@ -228,11 +282,12 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Place: (Ok,),
     Release: (Ok,),
     Audit: (Proof,),
+    CatalogWant: (CatalogPage,),
 }
-RESPONSES = (BlockData, Pong, Ok, Proof, Error)
-NOTICES = (Have, CloudDoc, Catalog)
-Request = GetBlock | Ping | Join | Leave | Place | Release | Audit
-Notice = Have | CloudDoc | Catalog
+RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Error)
+NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest)
+Request = GetBlock | Ping | Join | Leave | Place | Release | Audit | CatalogWant
+Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
 MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 _HINTS = {name: get_type_hints(cls) for name, cls in MESSAGES.items()}
@@ -330,6 +385,10 @@ def _validate(msg: Message) -> None:
         raise ProtocolError("proof: path hashes are 32 bytes")
     if isinstance(msg, Place | Release) and any(s > 255 for s in msg.shares):
         raise ProtocolError(f"{msg.TYPE}: share numbers are below 256")
+    if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
+        raise ProtocolError("have_query: objects are 32-byte IDs")
+    if isinstance(msg, CatalogWant) and (len(msg.buckets) != 32 or len(msg.after) not in (0, 32)):
+        raise ProtocolError("catalog_want: buckets is a 32-byte bitmap, after an object ID or empty")
     if isinstance(msg, Have) and (
         len(msg.object) != 32 or len(msg.bitmap) > HAVE_PIECE or msg.offset + len(msg.bitmap) > MAX_HAVE_BITMAP
     ):
@@ -337,66 +396,95 @@ def _validate(msg: Message) -> None:
 
 
 class FrameDecoder:
-    """Reassembles frames from a byte stream; bounded by MAX_FRAME_BODY per frame.
+    """Reassembles frames from a byte stream, each byte touched once whatever the pieces' sizes.
 
-    Received pieces are kept as they came and joined once per frame, and a payload is a view
-    into that one copy: a 1 MiB block is copied once on its way from records to the store.
+    The frame head and header are parsed once, as soon as they are complete, and `accept` is
+    asked about the message before its payload is read: it may refuse it (raise ProtocolError)
+    or have the payload skipped unbuffered (return False, e.g. the answer to a request we
+    cancelled). A payload is then gathered into one growing buffer, or, when it arrives whole
+    in one piece, is a view of that piece: a 1 MiB block is copied at most once here.
     """
 
-    def __init__(self) -> None:
-        self._chunks: list[memoryview] = []
-        self._size = 0
+    def __init__(self, accept: Callable[[Message, int], bool] | None = None) -> None:
+        self._accept = accept
+        self._head = bytearray()  # frame head, then header, of the frame being read
+        self._msg: Message | None = None  # header decoded, payload still arriving
+        self._left = 0  # payload bytes still to come
+        self._keep = True
+        self._payload: bytearray | None = None
+
+    @property
+    def partial(self) -> bool:
+        """True while part of a frame has arrived and its end has not."""
+        return bool(self._head) or self._msg is not None
 
     def feed(self, data: bytes | memoryview) -> list[tuple[Message, memoryview]]:
         """Add bytes (which must not change afterwards); return every complete (message, payload)."""
-        if len(data):
-            self._chunks.append(memoryview(data))
-            self._size += len(data)
+        view = memoryview(data)
+        pos, end = 0, len(view)
         out: list[tuple[Message, memoryview]] = []
-        while self._size >= _FRAME_HEAD.size:
-            body_len, header_len = _FRAME_HEAD.unpack(self._peek(_FRAME_HEAD.size))
-            if body_len > MAX_FRAME_BODY:
-                raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
-            if header_len > MAX_HEADER or header_len + 2 > body_len or body_len - 2 - header_len > MAX_PAYLOAD:
-                raise ProtocolError("frame header or payload length invalid")
-            end = 4 + body_len
-            if self._size < end:
-                break
-            frame = self._take(end)
-            msg = decode_header(frame[6 : 6 + header_len])
-            payload = frame[6 + header_len :]
-            if len(payload) and not isinstance(msg, BlockData | Proof):
-                raise ProtocolError(f"{msg.TYPE} must not carry a payload")
-            out.append((msg, payload))
+        while pos < end:
+            if self._msg is None:
+                pos = self._read_header(view, pos, out)
+                continue
+            take = min(self._left, end - pos)
+            if not self._keep:
+                pass  # skipped: never buffered
+            elif self._payload is None and take == self._left:
+                out.append((self._msg, view[pos : pos + take]))  # whole in this piece: no copy
+                self._keep = False  # already delivered
+            else:
+                if self._payload is None:
+                    self._payload = bytearray()
+                self._payload += view[pos : pos + take]
+            pos += take
+            self._left -= take
+            if self._left == 0:
+                if self._keep and self._payload is not None:
+                    out.append((self._msg, memoryview(self._payload)))
+                self._msg, self._payload, self._keep = None, None, True
         return out
 
-    def _peek(self, n: int) -> bytes:
-        first = self._chunks[0]
-        return bytes(first[:n]) if len(first) >= n else b"".join(self._chunks)[:n]
+    def _read_header(self, view: memoryview, pos: int, out: list[tuple[Message, memoryview]]) -> int:
+        """Consume frame head and header from `view` at `pos`; returns the new position."""
+        head = self._head
+        if not head and len(view) - pos >= _FRAME_HEAD.size:
+            body_len, header_len = _FRAME_HEAD.unpack_from(view, pos)
+            _check_lengths(body_len, header_len)
+            if len(view) - pos >= _FRAME_HEAD.size + header_len:  # header in this piece: no copy
+                start = pos + _FRAME_HEAD.size
+                self._start(decode_header(view[start : start + header_len]), body_len - 2 - header_len, out)
+                return int(start + header_len)
+        need = _FRAME_HEAD.size - len(head)
+        if need <= 0:
+            body_len, header_len = _FRAME_HEAD.unpack_from(head)
+            need = _FRAME_HEAD.size + header_len - len(head)
+        take = min(need, len(view) - pos)
+        head += view[pos : pos + take]
+        pos += take
+        if len(head) < _FRAME_HEAD.size:
+            return pos
+        body_len, header_len = _FRAME_HEAD.unpack_from(head)
+        _check_lengths(body_len, header_len)
+        if len(head) == _FRAME_HEAD.size + header_len:
+            msg = decode_header(bytes(head[_FRAME_HEAD.size :]))
+            self._head = bytearray()
+            self._start(msg, body_len - 2 - header_len, out)
+        return pos
 
-    def _take(self, n: int) -> memoryview:
-        """The next n bytes as one buffer: a slice of the first piece, or one join of several."""
-        first = self._chunks[0]
-        if len(first) >= n:
-            taken = first[:n]
-            if len(first) == n:
-                self._chunks.pop(0)
-            else:
-                self._chunks[0] = first[n:]
-        else:
-            parts, have = [], 0
-            while have < n:
-                piece = self._chunks.pop(0)
-                if have + len(piece) > n:
-                    self._chunks.insert(0, piece[n - have :])
-                    piece = piece[: n - have]
-                parts.append(piece)
-                have += len(piece)
-            taken = memoryview(b"".join(parts))
-        self._size -= n
-        return taken
+    def _start(self, msg: Message, payload_len: int, out: list[tuple[Message, memoryview]]) -> None:
+        if payload_len and not isinstance(msg, BlockData | Proof):
+            raise ProtocolError(f"{msg.TYPE} must not carry a payload")
+        keep = self._accept(msg, payload_len) if self._accept is not None else True
+        if payload_len == 0:
+            if keep:
+                out.append((msg, memoryview(b"")))
+            return
+        self._msg, self._left, self._keep, self._payload = msg, payload_len, keep, None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held waiting for the rest of a frame."""
-        return self._size
+
+def _check_lengths(body_len: int, header_len: int) -> None:
+    if body_len > MAX_FRAME_BODY:
+        raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
+    if header_len > MAX_HEADER or header_len + 2 > body_len or body_len - 2 - header_len > MAX_PAYLOAD:
+        raise ProtocolError("frame header or payload length invalid")

@@ -1,0 +1,156 @@
+"""Tables of the cloud: its signed document, the invites this admin issued, the catalog of the
+cloud's objects, and the blocks this node keeps for the cloud (holds)."""
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from peercloud.store.db import Database, placeholders
+
+_CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An object of the cloud: its class and shape, known to every member."""
+
+    object_id: bytes
+    storage_class: str
+    total_blocks: int
+    k: int
+    n: int
+    size: int
+    added_at: float
+
+
+def _entry(r: Any) -> CatalogEntry:
+    return CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+
+
+def insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
+    """Insert one entry inside a transaction; the first entry for an object stays. True when new."""
+    return bool(
+        db.execute(
+            f"INSERT OR IGNORE INTO catalog ({_CATALOG}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (e.object_id, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.added_at),
+        ).rowcount
+    )
+
+
+class CloudTables(Database):
+    """The cloud document, invites, catalog and holds."""
+
+    def cloud_doc(self) -> bytes | None:
+        """The signed cloud document this node holds, if it is in a cloud."""
+        rows = self._query("SELECT doc FROM cloud WHERE id = 1")
+        return bytes(rows[0][0]) if rows else None
+
+    def set_cloud_doc(self, doc: bytes) -> None:
+        """Replace the cloud document (leaving the cloud is `leave_cloud`)."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO cloud (id, doc) VALUES (1, ?)", (doc,))
+
+    def add_invite(self, secret_hash: bytes, expires_at: float | None) -> None:
+        """Remember an invite this admin issued (only its hash)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO invites (secret_hash, created_at, expires_at) VALUES (?, ?, ?)",
+                (secret_hash, time.time(), expires_at),
+            )
+
+    def use_invite(self, secret_hash: bytes, peer_id: bytes, retry: bool) -> str | None:
+        """Spend an invite for a peer, atomically; the reason it cannot be used, or None.
+
+        `retry`: the peer is a member already (its first answer was lost), so its own invite
+        may be presented again; a removed member cannot come back with it.
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT expires_at, used_by FROM invites WHERE secret_hash = ?", (secret_hash,)).fetchone()
+            if row is None:
+                return "this invite was not issued by this admin"
+            if row[1] is not None and not (retry and bytes(row[1]) == peer_id):
+                return "this invite was already used"
+            if row[0] is not None and time.time() > row[0]:
+                return "this invite has expired"
+            db.execute("UPDATE invites SET used_by = ? WHERE secret_hash = ?", (peer_id, secret_hash))
+            return None
+
+    def put_catalog(self, entry: CatalogEntry) -> bool:
+        """Record an object of the cloud; the first entry for an object stays. True when new."""
+        return bool(self.put_catalog_many([entry]))
+
+    def put_catalog_many(self, entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
+        """Record many entries in one transaction; returns those that were new."""
+        with self.transaction() as db:
+            return [e for e in entries if insert_catalog(db, e)]
+
+    def leave_cloud(self) -> None:
+        """Forget the cloud, its catalog and what was held for it, in one transaction."""
+        with self.transaction() as db:
+            for table in ("cloud", "catalog", "holds"):
+                db.execute(f"DELETE FROM {table}")
+
+    def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
+        """Objects of the cloud (or one of them)."""
+        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
+        return [_entry(r) for r in self._query(f"SELECT {_CATALOG} FROM catalog {where}", args)]
+
+    def catalog_after(self, after: bytes, limit: int) -> list[CatalogEntry]:
+        """Entries in object ID order after `after`: a page for catalog sync and paged scans."""
+        rows = self._query(
+            f"SELECT {_CATALOG} FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
+        )
+        return [_entry(r) for r in rows]
+
+    def catalog_of(self, object_ids: list[bytes]) -> list[CatalogEntry]:
+        """The entries of these objects (those the catalog has), in one query per 500."""
+        out = []
+        for start in range(0, len(object_ids), 500):
+            part = object_ids[start : start + 500]
+            rows = self._query(f"SELECT {_CATALOG} FROM catalog WHERE object_id IN ({placeholders(len(part))})", part)
+            out += [_entry(r) for r in rows]
+        return out
+
+    def hold(self, object_id: bytes, block_ids: Iterable[bytes], provisional: bool = False) -> None:
+        """Keep these blocks for the cloud (garbage collection spares them).
+
+        Provisional holds are an owner's fresh EC shares, kept until placement has spread them;
+        a hold by placement makes the object's holds here plain ones.
+        """
+        with self.transaction() as db:
+            if not provisional:
+                db.execute("UPDATE holds SET provisional = 0 WHERE object_id = ?", (object_id,))
+            db.executemany(
+                "INSERT OR IGNORE INTO holds (object_id, block_id, provisional) VALUES (?, ?, ?)",
+                [(object_id, b, provisional) for b in block_ids],
+            )
+
+    def is_provisional(self, object_id: bytes) -> bool:
+        """True when this node keeps the object's blocks only until placement spread them."""
+        return bool(self._query("SELECT 1 FROM holds WHERE object_id = ? AND provisional = 1 LIMIT 1", (object_id,)))
+
+    def release(self, object_id: bytes, block_ids: Iterable[bytes] | None = None) -> None:
+        """Stop keeping blocks of an object for the cloud (all of them when None)."""
+        with self.transaction() as db:
+            if block_ids is None:
+                db.execute("DELETE FROM holds WHERE object_id = ?", (object_id,))
+            else:
+                db.executemany(
+                    "DELETE FROM holds WHERE object_id = ? AND block_id = ?", [(object_id, b) for b in block_ids]
+                )
+
+    def kept(self, block_ids: Iterable[bytes]) -> set[bytes]:
+        """The subset of blocks a pin or a hold still keeps (the rest may be deleted)."""
+        out = set()
+        for bid in block_ids:
+            if self._query(
+                """SELECT 1 FROM holds WHERE block_id = ?1
+                   UNION ALL SELECT 1 FROM pins WHERE object_id = ?1
+                   UNION ALL SELECT 1 FROM object_blocks ob JOIN pins p ON p.object_id = ob.object_id
+                   WHERE ob.block_id = ?1 LIMIT 1""",
+                (bid,),
+            ):
+                out.add(bid)
+        return out

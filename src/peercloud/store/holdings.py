@@ -1,0 +1,202 @@
+"""Tables of other peers: who we dial, and what each peer says it holds (its HAVEs) and proved.
+
+A HAVE row is a claim; its `confirmed` bitmap is what audits proved of it, block by block, and
+`due_at` orders the auditor's work (an indexed query, not a scan of every claim). Rows are kept
+only for objects this node knows, and a peer outside the cloud gets at most OUTSIDER_ROWS of
+them, dropped an hour after it went away: announcing made-up objects costs the announcer.
+"""
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from peercloud.store.db import Database, placeholders
+
+OUTSIDER_ROWS = 1000  # HAVE rows kept per peer outside the cloud
+# An object is known when it is the cloud's, recorded here, or its manifest is stored here.
+_KNOWN = (
+    "SELECT 1 FROM catalog WHERE object_id = ?1 UNION ALL SELECT 1 FROM objects WHERE id = ?1"
+    " UNION ALL SELECT 1 FROM blocks WHERE id = ?1 LIMIT 1"
+)
+_COLUMNS = "object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned, provisional, due_at"
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What one peer announced of one object, and how much of that an audit confirmed."""
+
+    peer_id: bytes
+    bitmap: bytes
+    updated_at: float
+    confirmed: bytes
+    checked_at: float | None
+    failed_at: float | None
+    pinned: bool = False
+    provisional: bool = False  # an owner's fresh EC shares, kept until placement spread them
+    due_at: float = 0.0  # when the auditor should challenge this claim next
+
+
+@dataclass(frozen=True)
+class Claim:
+    """(Part of) one HAVE: an object's bitmap piece at byte `offset`, with the holder's flags."""
+
+    object_id: bytes
+    bitmap: bytes
+    offset: int = 0
+    pinned: bool = False
+    provisional: bool = False
+
+
+def _holding(r: Any) -> tuple[bytes, Holding]:
+    oid, peer, bitmap, updated, confirmed, checked, failed, pinned, provisional, due = r
+    return bytes(oid), Holding(
+        bytes(peer),
+        bytes(bitmap),
+        float(updated),
+        bytes(confirmed),
+        checked,
+        failed,
+        bool(pinned),
+        bool(provisional),
+        float(due),
+    )
+
+
+def _and(a: bytes, b: bytes) -> bytes:
+    n = min(len(a), len(b))
+    return (int.from_bytes(a[:n], "big") & int.from_bytes(b[:n], "big")).to_bytes(n, "big")
+
+
+class HoldingTables(Database):
+    """Peers to dial and peers' claims."""
+
+    def add_peer(self, peer_id: bytes, address: str) -> None:
+        """Remember a peer to dial (replacing its address)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO peers (peer_id, address, added_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(peer_id) DO UPDATE SET address = excluded.address",
+                (peer_id, address, time.time()),
+            )
+
+    def remove_peer(self, peer_id: bytes) -> bool:
+        """Forget a peer and what it held; False when it was not known."""
+        with self.transaction() as db:
+            gone = db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,)).rowcount
+            db.execute("DELETE FROM holdings WHERE peer_id = ?", (peer_id,))
+        return bool(gone)
+
+    def peers(self) -> list[tuple[bytes, str]]:
+        """Peers to dial, oldest first."""
+        return [(bytes(r[0]), str(r[1])) for r in self._query("SELECT peer_id, address FROM peers ORDER BY added_at")]
+
+    def set_holding(
+        self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0, pinned: bool = False
+    ) -> None:
+        """Record (part of) one HAVE from a member-like peer (tests and local bookkeeping)."""
+        self.set_holdings(peer_id, [Claim(object_id, bitmap, offset, pinned)], member=True)
+
+    def set_holdings(self, peer_id: bytes, claims: Iterable[Claim], member: bool) -> int:
+        """Record a batch of a peer's HAVEs in one transaction; returns how many were kept.
+
+        Claims on objects this node does not know are dropped; a peer outside the cloud
+        (`member` False) gets at most OUTSIDER_ROWS rows. Proofs stay for blocks still claimed,
+        and a claim naming blocks not proved yet is due for an audit now.
+        """
+        now, kept = time.time(), 0
+        with self.transaction() as db:
+            rows = (
+                0 if member else db.execute("SELECT COUNT(*) FROM holdings WHERE peer_id = ?", (peer_id,)).fetchone()[0]
+            )
+            for c in claims:
+                if db.execute(_KNOWN, (c.object_id,)).fetchone() is None:
+                    continue
+                row = db.execute(
+                    "SELECT bitmap, confirmed, due_at FROM holdings WHERE peer_id = ? AND object_id = ?",
+                    (peer_id, c.object_id),
+                ).fetchone()
+                if row is None:
+                    if not member and rows >= OUTSIDER_ROWS:
+                        continue
+                    rows += 1
+                old = bytearray(row[0]) if row and c.offset else bytearray()
+                if len(old) < c.offset + len(c.bitmap):
+                    old.extend(bytes(c.offset + len(c.bitmap) - len(old)))
+                old[c.offset : c.offset + len(c.bitmap)] = c.bitmap
+                claimed = bytes(old)
+                proved = bytes(row[1]) if row else b""
+                # Proofs stay for claimed blocks; beyond this piece they wait for the next pieces.
+                confirmed = _and(proved, claimed) + proved[len(claimed) :]
+                due = now if row is None or _and(confirmed, claimed) != claimed else float(row[2])
+                db.execute(
+                    "INSERT INTO holdings"
+                    " (peer_id, object_id, bitmap, updated_at, confirmed, pinned, provisional, due_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET"
+                    " bitmap = excluded.bitmap, updated_at = excluded.updated_at, confirmed = excluded.confirmed,"
+                    " pinned = excluded.pinned, provisional = excluded.provisional, due_at = excluded.due_at",
+                    (peer_id, c.object_id, claimed, now, confirmed, c.pinned, c.provisional, due),
+                )
+                kept += 1
+        return kept
+
+    def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool, due_at: float) -> None:
+        """Record an audit of a peer's claim: the blocks proved so far (or failure), and the next one."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE holdings SET confirmed = ?, checked_at = ?, due_at = ?,"
+                " failed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE peer_id = ? AND object_id = ?",
+                (confirmed, now, due_at, failed, now, peer_id, object_id),
+            )
+
+    def known(self, object_ids: Iterable[bytes]) -> list[bytes]:
+        """The objects this node knows (HAVEs for others are not kept)."""
+        return [oid for oid in object_ids if self._query(_KNOWN, (oid,))]
+
+    def set_due(self, peer_id: bytes, object_id: bytes, due_at: float) -> None:
+        """Put off a claim's audit (its holder was busy or the link failed): no spinning on it."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE holdings SET due_at = ? WHERE peer_id = ? AND object_id = ?", (due_at, peer_id, object_id)
+            )
+
+    def holdings(self, object_id: bytes | None = None) -> list[tuple[bytes, Holding]]:
+        """(object, holding) for every peer that announced blocks of this object (or of any)."""
+        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("", ())
+        return [_holding(r) for r in self._query(f"SELECT {_COLUMNS} FROM holdings {where}", args)]
+
+    def holdings_of(self, object_ids: list[bytes]) -> dict[bytes, list[Holding]]:
+        """Holdings of many objects in one query, grouped by object (for a reconcile round)."""
+        out: dict[bytes, list[Holding]] = {oid: [] for oid in object_ids}
+        for start in range(0, len(object_ids), 500):
+            part = object_ids[start : start + 500]
+            rows = self._query(f"SELECT {_COLUMNS} FROM holdings WHERE object_id IN ({placeholders(len(part))})", part)
+            for r in rows:
+                oid, h = _holding(r)
+                out[oid].append(h)
+        return out
+
+    def due_holdings(self, peer_id: bytes, now: float, limit: int) -> list[tuple[bytes, Holding]]:
+        """A connected peer's claims whose audit is due, most overdue first (an indexed query)."""
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM holdings WHERE peer_id = ? AND due_at <= ? ORDER BY due_at LIMIT ?",
+            (peer_id, now, limit),
+        )
+        return [_holding(r) for r in rows]
+
+    def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
+        """(object, bitmap) for everything one peer announced."""
+        rows = self._query("SELECT object_id, bitmap FROM holdings WHERE peer_id = ?", (peer_id,))
+        return [(bytes(r[0]), bytes(r[1])) for r in rows]
+
+    def prune_holdings(self, keep: Iterable[bytes], before: float) -> int:
+        """Drop claims of peers not in `keep` (members, connected peers) not renewed since `before`."""
+        keep = list(keep)
+        with self.transaction() as db:
+            return int(
+                db.execute(
+                    f"DELETE FROM holdings WHERE updated_at < ? AND peer_id NOT IN ({placeholders(len(keep))})",
+                    (before, *keep),
+                ).rowcount
+            )
