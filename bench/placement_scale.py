@@ -50,8 +50,8 @@ def time_plans(cands: list[Candidate], world: list[tuple], segments: int) -> flo
     tags = {c.peer: c.tags for c in cands}
     start = time.perf_counter()
     ranked = rank(cands)  # once per round, as the reconciler does
-    for _, cls, n, holders, online in world:
-        plan(cls, n, segments * 2**20, holders, online, ranked, tags)
+    for oid, cls, n, holders, online in world:
+        plan(oid, cls, n, segments * 2**20, holders, online, ranked, tags)
     return time.perf_counter() - start
 
 

@@ -33,7 +33,9 @@ def test_replicas_release_extras_above_max_but_not_while_a_copy_is_coming() -> N
     decision = plan(OID, DEFAULT_CLASSES["replica-3"], 1, 100, holders, set(p), rank(cands))
     keep = keepers(OID, 1, 3, holders)[0]
     assert len(keep) == 3 and list(decision.release) == [x for x in p[:4] if x not in keep] and not decision.place
-    assert not plan(OID, DEFAULT_CLASSES["replica-3"], 1, 100, holders, set(p), rank(cands), pending={p[4]: {0}}).release
+    assert not plan(
+        OID, DEFAULT_CLASSES["replica-3"], 1, 100, holders, set(p), rank(cands), pending={p[4]: {0}}
+    ).release
 
 
 def test_not_enough_room_is_said() -> None:
