@@ -40,6 +40,7 @@ def interrupt_commands() -> None:
 
 _GUARDED_IMPORT = quiet_interrupts()  # the console script imports this module first thing
 
+import http.client
 import logging
 import time
 from collections.abc import Iterator
@@ -463,6 +464,9 @@ def main() -> None:
         except OSError as e:
             detail = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
             err.print(f"error: {detail}", markup=False)
+            sys.exit(1)
+        except http.client.HTTPException as e:  # the daemon stopped in the middle of its answer
+            err.print(f"error: the daemon closed the connection mid-answer ({type(e).__name__})", markup=False)
             sys.exit(1)
     except KeyboardInterrupt:  # typer turns it into 130 inside a command; this covers the edges
         sys.exit(130)

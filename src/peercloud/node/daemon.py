@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -115,6 +116,32 @@ class Shutdown:
 
 
 @contextlib.contextmanager
+def _signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """Wake the loop's select() on every signal, whichever thread the kernel delivers it to.
+
+    Python runs signal handlers in the main thread only; without a wakeup fd a signal taken by a
+    worker thread would wait for the loop's next timer (what loop.add_signal_handler does too).
+    """
+    rsock, wsock = socket.socketpair()
+    for sock in (rsock, wsock):
+        sock.setblocking(False)
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            rsock.recv(4096)
+
+    loop.add_reader(rsock.fileno(), drain)
+    previous = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        loop.remove_reader(rsock.fileno())
+        rsock.close()
+        wsock.close()
+
+
+@contextlib.contextmanager
 def _home_lock(home: NodeHome) -> Iterator[None]:
     with open(home.path / "daemon.lock", "a+") as f:
         try:
@@ -149,11 +176,12 @@ async def run(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
-    def wake() -> None:  # from a signal handler: the loop may be anywhere
-        loop.call_soon_threadsafe(stop.set)
+    def wake() -> None:  # from a signal handler: the loop may be anywhere, or closed already
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop.set)
 
     shutdown.on_request(wake)
-    with _home_lock(home):
+    with _home_lock(home), _signals_wake(loop):
         node = LocalNode(home)
         service = NodeService(node, listen)
         try:

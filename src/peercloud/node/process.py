@@ -34,10 +34,18 @@ class DaemonProcess:
         return int(self.state["listen"][0].rsplit(":", 1)[1])
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait: returns the exit code (0 for a clean shutdown)."""
+        """SIGTERM, then wait: returns the exit code (0 for a clean shutdown).
+
+        A daemon still running after `timeout` is killed before the timeout is raised, so a
+        failed shutdown never leaves a stray daemon behind.
+        """
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         """SIGKILL: the crash case."""

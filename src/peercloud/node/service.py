@@ -43,6 +43,8 @@ from peercloud.wire import messages as m
 Progress = Callable[[int], None]
 MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
 log = logging.getLogger(__name__)
+PRUNE_EVERY = 60.0
+OUTSIDER_TTL = 3600.0  # an outsider's claims outlive its link by this long
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,11 @@ class NodeService:
         self.peers.start()
         self.membership.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.auditor.run()), loop.create_task(self.reconciler.run())]
+        self._tasks = [
+            loop.create_task(self.auditor.run()),
+            loop.create_task(self.reconciler.run()),
+            loop.create_task(self._prune()),
+        ]
 
     async def stop(self, timeout: float = 1.5) -> None:
         """Close the listener, links and background tasks, in at most `timeout` seconds whatever they do."""
@@ -122,6 +128,17 @@ class NodeService:
         await asyncio.wait({peers}, timeout=max(0.0, deadline - loop.time()))
         if pending:
             log.warning("%d background task(s) still running after %.1f s of shutdown", len(pending), timeout)
+
+    async def _prune(self) -> None:
+        """Drop claims of peers outside the cloud an hour after they were last connected."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY)
+            doc = self.membership.doc
+            keep = {x.peer_id.public_key for x in doc.members} if doc else set()
+            keep |= {pid.public_key for pid in self.peers.links}
+            gone = await asyncio.to_thread(self.node.index.prune_holdings, keep, time.time() - OUTSIDER_TTL)
+            if gone:
+                log.info("dropped %d claims of peers outside the cloud", gone)
 
     # -- what peers ask and tell
 
