@@ -2,7 +2,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peercloud.cloud.classes import DEFAULT_CLASSES
-from peercloud.cloud.ledger import Health, Holder, bitmap_from_indexes, indexes_from_bitmap, object_status
+from peercloud.cloud.ledger import (
+    Health,
+    Holder,
+    ObjectStatus,
+    bitmap_from_indexes,
+    indexes_from_bitmap,
+    object_status,
+)
 
 
 @given(total=st.integers(0, 300), data=st.data())
@@ -66,3 +73,43 @@ def test_ec_health_counts_distinct_shares_per_segment() -> None:
     assert r.health is Health.LOST
     crowded = object_status(b"o", 12, "me", list(range(12)), [], k=4, n=6, storage_class=cls).redundancy()
     assert crowded.crowded == 6 and "one peer" in crowded.note
+
+
+def ec_status(layout: list[list[int]], segments: int = 2) -> ObjectStatus:
+    """ec-4+2: each holder keeps the given share numbers of every segment."""
+    holders = [holder(f"h{i}", [s * 6 + j for s in range(segments) for j in shares]) for i, shares in enumerate(layout)]
+    return object_status(b"o", segments * 6, "me", [], holders, 4, 6, DEFAULT_CLASSES["ec-4+2"])
+
+
+def test_health_counts_the_worst_losses_not_the_shares() -> None:
+    # Six shares on six peers: any two may go (f = 2 = m): healthy.
+    r = ec_status([[0], [1], [2], [3], [4], [5]]).redundancy()
+    assert (r.health, r.can_lose, r.tolerance, r.available) == (Health.HEALTHY, 2, 2, 6)
+    # Six shares on five peers, one holding two: losing it and one more leaves 3 < 4: degraded.
+    r = ec_status([[0, 1], [2], [3], [4], [5]]).redundancy()
+    assert (r.health, r.can_lose) == (Health.DEGRADED, 1)
+    # The issue's case: ec-4+2 on four members, one holding three shares. It used to say
+    # "healthy 6/6", and stopping that one peer made it lost: at risk is the honest answer.
+    r = ec_status([[0, 1, 2], [3], [4], [5]]).redundancy()
+    assert (r.health, r.can_lose, r.available) == (Health.AT_RISK, 0, 6)
+    r = ec_status([[0, 1, 2], [3]]).redundancy()
+    assert (r.health, r.can_lose) == (Health.AT_RISK, 0)  # exactly k = 4 shares left
+    assert ec_status([[0, 1, 2]]).redundancy().health is Health.LOST
+
+
+def test_replica_health_counts_spread_values_as_one() -> None:
+    cls = DEFAULT_CLASSES["replica-3"]
+    three = [holder(n, [0, 1]) for n in ("a", "b", "c")]
+    r = object_status(b"o", 2, "me", [], three, 1, 1, cls).redundancy()
+    assert (r.health, r.can_lose, r.tolerance) == (Health.HEALTHY, 2, 2)
+    two = object_status(b"o", 2, "me", [], three[:2], 1, 1, cls).redundancy()
+    assert (two.health, two.can_lose) == (Health.DEGRADED, 1)
+    one = object_status(b"o", 2, "me", [], three[:1], 1, 1, cls).redundancy()
+    assert one.health is Health.AT_RISK
+    # With --spread site, two copies at one site are one failure unit.
+    spread = DEFAULT_CLASSES["replica-3"].__class__("sites", replicas=2, max_replicas=3, spread="site")
+    at = [Holder(n, (0, 1), True, False, 1.0, (0, 1), spread=site) for n, site in (("a", "x"), ("b", "x"), ("c", "y"))]
+    r = object_status(b"o", 2, "me", [], at, 1, 1, spread).redundancy()
+    assert (r.health, r.can_lose) == (Health.HEALTHY, 1)
+    same = object_status(b"o", 2, "me", [], at[:2], 1, 1, spread).redundancy()
+    assert (same.health, same.can_lose) == (Health.AT_RISK, 0)  # both copies at site x

@@ -58,9 +58,12 @@ class InventorySender:
         return self.link.conn.state is State.OPEN
 
     async def _send(self, items: list[InventoryItem]) -> None:
-        small = [batches.HaveEntry(i.object_id, i.bitmap, i.pinned, i.provisional) for i in items]
         large = [i for i in items if len(i.bitmap) > batches.MAX_BATCH_BITMAP]
-        small = [e for e in small if len(e.bitmap) <= batches.MAX_BATCH_BITMAP]
+        small = [
+            batches.HaveEntry(i.object_id, i.bitmap, i.pinned, i.provisional)
+            for i in items
+            if len(i.bitmap) <= batches.MAX_BATCH_BITMAP
+        ]
         for packed in batches.pack_haves(small):
             await self._notify(m.Haves(packed))
         for item in large:
