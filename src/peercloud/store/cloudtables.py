@@ -82,8 +82,11 @@ class CloudTables(Database):
         return bool(self.put_catalog_many([entry]))
 
     def put_catalog_many(self, entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
-        """Record many entries in one transaction; returns those that were new."""
-        with self.transaction() as db:
+        """Record many entries in one transaction; returns those that were new.
+
+        Not waited on the disk: entries come from members, who send them again (catalog sync).
+        """
+        with self.transaction(durable=False) as db:
             return [e for e in entries if insert_catalog(db, e)]
 
     def leave_cloud(self) -> None:

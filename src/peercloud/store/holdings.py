@@ -6,6 +6,7 @@ only for objects this node knows, and a peer outside the cloud gets at most OUTS
 them, dropped an hour after it went away: announcing made-up objects costs the announcer.
 """
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,11 +15,6 @@ from typing import Any
 from peercloud.store.db import Database, placeholders
 
 OUTSIDER_ROWS = 1000  # HAVE rows kept per peer outside the cloud
-# An object is known when it is the cloud's, recorded here, or its manifest is stored here.
-_KNOWN = (
-    "SELECT 1 FROM catalog WHERE object_id = ?1 UNION ALL SELECT 1 FROM objects WHERE id = ?1"
-    " UNION ALL SELECT 1 FROM blocks WHERE id = ?1 LIMIT 1"
-)
 _COLUMNS = "object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned, provisional, due_at"
 
 
@@ -104,18 +100,26 @@ class HoldingTables(Database):
         (`member` False) gets at most OUTSIDER_ROWS rows. Proofs stay for blocks still claimed,
         and a claim naming blocks not proved yet is due for an audit now.
         """
-        now, kept = time.time(), 0
-        with self.transaction() as db:
-            rows = (
-                0 if member else db.execute("SELECT COUNT(*) FROM holdings WHERE peer_id = ?", (peer_id,)).fetchone()[0]
-            )
+        claims = list(claims)
+        ids = list(dict.fromkeys(c.object_id for c in claims))
+        now, out = time.time(), []
+        with self.transaction(durable=False) as db:  # claims are re-announced on every link
+            known = self._known_in(db, ids)
+            current: dict[bytes, tuple[bytes, bytes, float]] = {}
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                for oid, bitmap, confirmed, due in db.execute(
+                    "SELECT object_id, bitmap, confirmed, due_at FROM holdings"
+                    f" WHERE peer_id = ? AND object_id IN ({placeholders(len(part))})",
+                    (peer_id, *part),
+                ):
+                    current[bytes(oid)] = (bytes(bitmap), bytes(confirmed), float(due))
+            count = "SELECT COUNT(*) FROM holdings WHERE peer_id = ?"
+            rows = 0 if member else db.execute(count, (peer_id,)).fetchone()[0]
             for c in claims:
-                if db.execute(_KNOWN, (c.object_id,)).fetchone() is None:
+                if c.object_id not in known:
                     continue
-                row = db.execute(
-                    "SELECT bitmap, confirmed, due_at FROM holdings WHERE peer_id = ? AND object_id = ?",
-                    (peer_id, c.object_id),
-                ).fetchone()
+                row = current.get(c.object_id)
                 if row is None:
                     if not member and rows >= OUTSIDER_ROWS:
                         continue
@@ -125,20 +129,35 @@ class HoldingTables(Database):
                     old.extend(bytes(c.offset + len(c.bitmap) - len(old)))
                 old[c.offset : c.offset + len(c.bitmap)] = c.bitmap
                 claimed = bytes(old)
-                proved = bytes(row[1]) if row else b""
+                proved = row[1] if row else b""
                 # Proofs stay for claimed blocks; beyond this piece they wait for the next pieces.
                 confirmed = _and(proved, claimed) + proved[len(claimed) :]
-                due = now if row is None or _and(confirmed, claimed) != claimed else float(row[2])
-                db.execute(
-                    "INSERT INTO holdings"
-                    " (peer_id, object_id, bitmap, updated_at, confirmed, pinned, provisional, due_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET"
-                    " bitmap = excluded.bitmap, updated_at = excluded.updated_at, confirmed = excluded.confirmed,"
-                    " pinned = excluded.pinned, provisional = excluded.provisional, due_at = excluded.due_at",
-                    (peer_id, c.object_id, claimed, now, confirmed, c.pinned, c.provisional, due),
-                )
-                kept += 1
-        return kept
+                due = now if row is None or _and(confirmed, claimed) != claimed else row[2]
+                current[c.object_id] = (claimed, confirmed, due)
+                out.append((peer_id, c.object_id, claimed, now, confirmed, c.pinned, c.provisional, due))
+            db.executemany(
+                "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed, pinned, provisional, due_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET"
+                " bitmap = excluded.bitmap, updated_at = excluded.updated_at, confirmed = excluded.confirmed,"
+                " pinned = excluded.pinned, provisional = excluded.provisional, due_at = excluded.due_at",
+                out,
+            )
+        return len(out)
+
+    @staticmethod
+    def _known_in(db: sqlite3.Connection, ids: list[bytes]) -> set[bytes]:
+        """Which of these objects this node knows: the cloud's, recorded here, or with a manifest here."""
+        known: set[bytes] = set()
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = placeholders(len(part))
+            for sql in (
+                f"SELECT object_id FROM catalog WHERE object_id IN ({marks})",
+                f"SELECT id FROM objects WHERE id IN ({marks})",
+                f"SELECT id FROM blocks WHERE id IN ({marks})",
+            ):
+                known.update(bytes(r[0]) for r in db.execute(sql, part))
+        return known
 
     def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool, due_at: float) -> None:
         """Record an audit of a peer's claim: the blocks proved so far (or failure), and the next one."""
@@ -152,7 +171,10 @@ class HoldingTables(Database):
 
     def known(self, object_ids: Iterable[bytes]) -> list[bytes]:
         """The objects this node knows (HAVEs for others are not kept)."""
-        return [oid for oid in object_ids if self._query(_KNOWN, (oid,))]
+        ids = list(object_ids)
+        with self._lock:
+            known = self._known_in(self._db, ids)
+        return [oid for oid in ids if oid in known]
 
     def set_due(self, peer_id: bytes, object_id: bytes, due_at: float) -> None:
         """Put off a claim's audit (its holder was busy or the link failed): no spinning on it."""
