@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/add_get.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/repair.py
-	$(BIN)/python bench/placement_scale.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -255,6 +255,8 @@ def test_interrupted_get_resumes_with_the_blocks_it_had(
     a2 = daemons("a")  # the source comes back (same home, new port)
     b.cli("peers", "add", a2.address)
     wait_for(lambda: connected(b, a2.peer_id), what="reconnect")
+    # Audits prove a2's claim block by block (a 64 KiB leaf each): let them finish before counting.
+    wait_for(lambda: b.json("status", added["object_id"])["complete_copies"] >= 1, 60, "b to prove a2's copy")
     before = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"]
     b.json("get", added["read_cap"], "-o", str(out))
     assert out.read_bytes() == src.read_bytes()

@@ -14,7 +14,7 @@ import pytest
 from peercloud.identity import Identity
 
 from .conftest import CLI_ENV, run_cli_async
-from .daemons import Daemon, start_daemon, wait_for
+from .daemons import Daemon, block_files, start_daemon, wait_for
 from .test_cloud import make_cloud
 
 STOP_WITHIN = 5.0
@@ -62,8 +62,31 @@ def signal_all(procs: list[Daemon], sig: int) -> list[tuple[int | None, float]]:
     return [exits.get(i, (None, time.monotonic() - sent)) for i in range(len(procs))]
 
 
+def add_in_flight(d: Daemon, path: Path) -> "subprocess.Popen[str]":
+    """Start `peercloud add` through the daemon and return once the daemon is writing its blocks."""
+    adding = run_cli_async(d.home, "add", str(path))
+    # Placement may bring a few dozen blocks too; this many come only from the add itself.
+    wait_for(lambda: block_files(d.home) > 80 or adding.poll() is not None, what="the add to write blocks")
+    assert adding.poll() is None, adding.communicate()
+    return adding
+
+
+def cut_short(adding: "subprocess.Popen[str]") -> str:
+    """The add ended with the daemon, saying so in one line (it was served by the daemon, not locally)."""
+    try:
+        _, err = adding.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        adding.kill()
+        adding.wait()
+        raise AssertionError("the add kept running after its daemon stopped") from None
+    assert adding.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
 @contextlib.contextmanager
-def busy_cloud(daemons: Callable[..., Daemon], make_file: Callable[..., Path]) -> Iterator[list[Daemon]]:
+def busy_cloud(
+    daemons: Callable[..., Daemon], make_file: Callable[..., Path]
+) -> Iterator[tuple[list[Daemon], "subprocess.Popen[str]"]]:
     """Four members, one redialing a dead address, one stuck dialing a silent one, transfers and an add running."""
     cloud = make_cloud(daemons, 4)
     with black_hole() as silent:
@@ -71,35 +94,33 @@ def busy_cloud(daemons: Callable[..., Daemon], make_file: Callable[..., Path]) -
         cloud[1].cli("peers", "add", stranger(silent))
         placed = make_file(24_000_000, name="placed.bin", seed=3)
         cloud[3].cli("add", str(placed), "--class", "replica-3")  # returns at once; placement transfers follow
-        big = sparse_file(cloud[2].home.parent / "big.bin")
-        adding = run_cli_async(cloud[2].home, "add", str(big))  # an API stream, worker threads busy
+        adding = add_in_flight(cloud[2], sparse_file(cloud[2].home.parent / "big.bin"))  # an API stream, threads busy
         try:
-            wait_for(lambda: any((cloud[2].home / "blocks").iterdir()), what="the add to write blocks")
-            assert adding.poll() is None, "the add finished before the signal: make the file bigger"
-            yield cloud
+            yield cloud, adding
         finally:
-            adding.kill()
-            adding.wait()
+            if adding.poll() is None:
+                adding.kill()
+                adding.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_four_busy_daemons_stop_within_5s(
     daemons: Callable[..., Daemon], make_file: Callable[..., Path], sig: signal.Signals
 ) -> None:
-    with busy_cloud(daemons, make_file) as cloud:
+    with busy_cloud(daemons, make_file) as (cloud, adding):
         exits = signal_all(cloud, sig)
-    report = {d.home.name: (code, round(t, 2)) for d, (code, t) in zip(cloud, exits, strict=True)}
-    for d, (code, took) in zip(cloud, exits, strict=True):
-        assert code == 0 and took <= STOP_WITHIN, (report, (d.home / "daemon.log").read_text()[-3000:])
-        assert not (d.home / "daemon.json").exists()
+        report = {d.home.name: (code, round(t, 2)) for d, (code, t) in zip(cloud, exits, strict=True)}
+        for d, (code, took) in zip(cloud, exits, strict=True):
+            assert code == 0 and took <= STOP_WITHIN, (report, (d.home / "daemon.log").read_text()[-3000:])
+            assert not (d.home / "daemon.json").exists()
+        cut_short(adding)
 
 
 def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     d = start_daemon(tmp_path / "solo")
+    d.cli("peers", "add", stranger(closed_port()))
+    adding = add_in_flight(d, sparse_file(tmp_path / "big.bin"))
     try:
-        d.cli("peers", "add", stranger(closed_port()))
-        adding = run_cli_async(d.home, "add", str(sparse_file(tmp_path / "big.bin")))
-        wait_for(lambda: any((d.home / "blocks").iterdir()), what="the add to write blocks")
         d.proc.send_signal(signal.SIGTERM)  # the add's stream holds the API for its grace period
         time.sleep(0.05)
         d.proc.send_signal(signal.SIGTERM)
@@ -107,7 +128,7 @@ def test_second_signal_exits_at_once(tmp_path: Path) -> None:
         code = d.proc.wait(timeout=STOP_WITHIN + 10)
         assert time.monotonic() - sent < 0.5
         assert code == 128 + signal.SIGTERM
-        adding.wait(timeout=10)
+        cut_short(adding)
     finally:
         for proc in (d.proc, adding):
             if proc.poll() is None:
@@ -118,13 +139,11 @@ def test_second_signal_exits_at_once(tmp_path: Path) -> None:
 def test_stopping_mid_add_leaves_a_clean_store_and_a_one_line_error(tmp_path: Path) -> None:
     """The add in flight fails with one line; its leftovers are what a crash leaves, and fsck finds no damage."""
     d = start_daemon(tmp_path / "solo")
-    adding = run_cli_async(d.home, "add", str(sparse_file(tmp_path / "big.bin")))
-    wait_for(lambda: any((d.home / "blocks").iterdir()), what="the add to write blocks")
+    adding = add_in_flight(d, sparse_file(tmp_path / "big.bin"))
     sent = time.monotonic()
     assert d.stop(timeout=STOP_WITHIN + 10) == 0
     assert time.monotonic() - sent <= STOP_WITHIN
-    _, err = adding.communicate(timeout=10)
-    assert adding.returncode == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    cut_short(adding)
     fsck = subprocess.run(
         [sys.executable, "-m", "peercloud", "--home", str(d.home), "fsck"], capture_output=True, text=True, env=CLI_ENV
     )

@@ -366,7 +366,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
 
     def cloud_view() -> dict[str, Any]:
         doc = service.membership.require()
-        used = service.reconciler.used(service.node.index.catalog())
+        used = service.reconciler.used()
         return views.cloud(doc, service.node.identity.peer_id, set(service.peers.links), used)
 
     @api.get("/v1/cloud")

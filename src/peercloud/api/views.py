@@ -176,10 +176,9 @@ def cloud(doc: CloudDoc, me: PeerId, online: set[PeerId], used: dict[bytes, int]
 
 def peers(infos: list[PeerInfo], index: Index) -> list[dict[str, Any]]:
     """What `peers` prints, including how many blocks of our objects each peer holds."""
-    ours = {r.object_id for r in index.objects() if r.local_blocks}
     rows = []
     for p in infos:
-        held = sum(bit_count(bitmap) for oid, bitmap in index.peer_holdings(p.peer_id.public_key) if oid in ours)
+        held = sum(bit_count(bitmap) for _, bitmap in index.peer_holdings(p.peer_id.public_key, ours=True))
         rows.append(
             {
                 "peer_id": str(p.peer_id),

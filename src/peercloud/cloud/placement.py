@@ -86,21 +86,23 @@ def plan(
     tags: Mapping[bytes, Tags] | None = None,
     pending: Mapping[bytes, set[int]] | None = None,
     provisional: Mapping[bytes, set[int]] | None = None,
+    kept: Mapping[bytes, set[int]] | None = None,
 ) -> Plan:
     """Plan one object.
 
     `holders`: peer → columns it proved in full and keeps for the cloud, for members online or
     offline within the grace period; `ranked`: online members that may receive, from `rank`;
     `tags`: every member's tags; `pending`: placements asked and not yet proved (they count as
-    coming); `provisional`: online peers' provisional columns (an owner's fresh EC shares).
-    Releases only ever name non-keepers (`keepers.py`), so holders agree to them.
+    coming); `provisional`: online peers' provisional columns (an owner's fresh EC shares);
+    `kept`: online holders' *proved* columns (default: `holders` online), the only ones releases
+    count on. Releases only ever name non-keepers (`keepers.py`), so holders agree to them.
     """
     picker = _Picker(cls.spread, column_bytes, ranked, tags or {})
+    kept_online = {p: c for p, c in (kept if kept is not None else holders).items() if p in online}
     if n == 1:
-        decision = _plan_replicas(object_id, cls, holders, online, picker, pending or {})
+        decision = _plan_replicas(object_id, cls, holders, kept_online, picker, pending or {})
     else:
-        decision = _plan_shares(object_id, cls, n, holders, online, picker, pending or {}, set(provisional or {}))
-    kept_online = {p: cols for p, cols in holders.items() if p in online}
+        decision = _plan_shares(object_id, cls, n, holders, kept_online, picker, pending or {}, set(provisional or {}))
     for p, cols in (provisional or {}).items():
         covered = [j for j in sorted(cols) if any(j in c for q, c in kept_online.items() if q != p)]
         if covered and p in online:
@@ -142,7 +144,7 @@ def _plan_replicas(
     object_id: bytes,
     cls: StorageClass,
     holders: Mapping[bytes, set[int]],
-    online: set[bytes],
+    kept: Mapping[bytes, set[int]],
     picker: _Picker,
     pending: Mapping[bytes, set[int]],
 ) -> Plan:
@@ -163,7 +165,7 @@ def _plan_replicas(
     if len(taken) < cls.replicas:
         note = f"{cls.name} needs {cls.replicas} copies; only {len(taken)} members online have room"
     release: dict[bytes, tuple[int, ...]] = {}
-    here = [p for p in have if p in online]  # never count on a holder that is away
+    here = sorted(p for p, cols in kept.items() if 0 in cols)  # proved and online: never count on one away
     if len(here) > cls.maximum and not coming:
         keep = set(keepers(object_id, 1, cls.maximum, {p: {0} for p in here}, picker.tags, cls.spread)[0])
         release = {p: (0,) for p in here if p not in keep}
@@ -175,7 +177,7 @@ def _plan_shares(
     cls: StorageClass,
     n: int,
     holders: Mapping[bytes, set[int]],
-    online: set[bytes],
+    kept_online: Mapping[bytes, set[int]],
     picker: _Picker,
     pending: Mapping[bytes, set[int]],
     provisional: set[bytes],
@@ -220,7 +222,6 @@ def _plan_shares(
         place.setdefault(pick.peer, []).append(j)
     # Holders other than a column's online keeper release it: exactly what they agree to.
     release: dict[bytes, list[int]] = {}
-    kept_online = {p: cols for p, cols in holders.items() if p in online}
     for j, chosen in keepers(object_id, n, 1, kept_online).items():
         for p, cols in kept_online.items():
             if j in cols and p not in chosen:

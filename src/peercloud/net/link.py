@@ -101,7 +101,8 @@ class PeerLink(asyncio.BufferedProtocol):
         self._view = memoryview(bytearray(RECV_START))
         self._gate = gate
         self._gated_ip: str | None = None
-        self._reading_paused = False
+        self._stalled = False  # the peer does not read what we send: we stop reading it
+        self._busy = False  # we are still digesting what it sent: we stop reading it
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[c.Response]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -171,9 +172,24 @@ class PeerLink(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """The send buffer drained: answer again, and read again if a stalled reader made us stop."""
         self._writable.set()
-        if self._reading_paused and self._transport is not None and not self._transport.is_closing():
-            self._reading_paused = False
-            self._transport.resume_reading()
+        if self._stalled:
+            self._stalled = False
+            self._update_reading()
+
+    def hold_reading(self, busy: bool) -> None:
+        """Stop (True) or resume (False) reading the peer while what it sent is being processed."""
+        if busy != self._busy:
+            self._busy = busy
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._stalled or self._busy:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     # -- API
 
@@ -253,10 +269,10 @@ class PeerLink(asyncio.BufferedProtocol):
             transport.writelines(data)
             # Answers wait for `writable`, so only a peer that stops reading while it keeps
             # sending gets here: stop reading it until it drains what it was sent.
-            if not self._reading_paused and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
-                self._reading_paused = True
+            if not self._stalled and transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+                self._stalled = True
                 log.info("%s does not read what it asked for: not reading it until it does", self._name())
-                transport.pause_reading()
+                self._update_reading()
         while (event := self.conn.next_event()) is not None:
             self._deliver(event)
         if self._timer is not None:

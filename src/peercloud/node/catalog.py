@@ -88,13 +88,18 @@ class CatalogSync:
             self._agreed[link] = asyncio.Event()
             link.closed.add_done_callback(lambda _: self._forget(link))
             link.notify(m.CatalogDigest(self.digest.encode()))
+            # Its digest may have come in the same read as the end of the handshake, before us.
+            theirs = self._theirs.get(link)
+            if theirs is not None and not any(self.digest.differs(theirs)):
+                self._agree(link)
 
     async def ready(self, link: PeerLink) -> None:
         """Return once our catalogs agree (or READY_WAIT passed): then this link's HAVEs may flow."""
         agreed = self._agreed.get(link)
         if agreed is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(agreed.wait(), READY_WAIT)
+                async with asyncio.timeout(READY_WAIT):  # not wait_for: it can swallow a cancel
+                    await agreed.wait()
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> None:
         """Catalog and digest notices from members (others are ignored)."""
@@ -108,6 +113,8 @@ class CatalogSync:
             except ValueError as e:
                 link.close(str(e))
                 return
+            if link not in self._theirs:
+                link.closed.add_done_callback(lambda _: self._forget(link))
             self._theirs[link] = msg.digest
             if not differs:
                 self._agree(link)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from peercloud.cloud.document import CloudDoc
 from peercloud.cloud.keepers import Tags, releasable
-from peercloud.cloud.ledger import bit_count, indexes_from_bitmap
+from peercloud.cloud.ledger import bit_count
 from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, rank_of
 from peercloud.errors import PeercloudError, RefusedError
 from peercloud.identity import PeerId
@@ -69,6 +69,21 @@ def column_bytes(entry: CatalogEntry) -> int:
     return -(-entry.size // entry.k) + 16 * segments
 
 
+def _bits(bitmap: bytes, total: int) -> int:
+    """The first `total` bits of a bitmap as an integer (bit i of the object = bit total-1-i)."""
+    padded = bitmap[: (total + 7) // 8].ljust((total + 7) // 8, b"\0")
+    return int.from_bytes(padded, "big") >> (-total % 8)
+
+
+def columns_of(bits: int, total: int, n: int) -> set[int]:
+    """Columns held in full by these block bits: one comparison for a replicated object."""
+    if total <= 0:
+        return set()
+    if n == 1:
+        return {0} if bits == (1 << total) - 1 else set()
+    return full_columns([i for i in range(total) if bits >> (total - 1 - i) & 1], n, total // n)
+
+
 def full_columns(indexes: list[int], n: int, segments: int) -> set[int]:
     """Columns (share numbers) of which every segment's block is among `indexes`."""
     counts = [0] * n
@@ -91,9 +106,11 @@ class Reconciler:
         self._pulls: dict[tuple[bytes, tuple[int, ...]], asyncio.Task[None]] = {}
         self._calls = asyncio.Semaphore(CONCURRENT_CALLS)
         self.dirty: set[bytes] = set()  # objects to plan in the next round (holdings changed)
-        self._swept: object = None  # who was online, and the document version, at the last full sweep
+        self.settled: set[bytes] = set()  # objects whose last plan was empty, in the state `_swept`
+        self._swept: object = None  # who was online, the document version, graces run out: at the last sweep
         self._swept_at = 0.0
         self._used: dict[bytes, int] = {}
+        self._member_keys: tuple[int, frozenset[bytes]] = (-1, frozenset())
 
     @property
     def me(self) -> bytes:
@@ -134,23 +151,27 @@ class Reconciler:
         Copies pinned by hand are extras on top of the class, and blocks a get left behind are
         a cache: placement neither counts nor releases them (the ledger's health does count them).
         """
-        segments = entry.total_blocks // entry.n
+        total, n = entry.total_blocks, entry.n
         view = View({}, {}, {})
+        members = self._members(doc)
         if local is not None and not local.pinned:
-            cols = full_columns(indexes_from_bitmap(local.bitmap, entry.total_blocks), entry.n, segments)
+            cols = columns_of(_bits(local.bitmap, total), total, n)
             if cols and local.provisional:
                 view.provisional[self.me] = cols
             elif cols:
                 view.kept[self.me] = view.present[self.me] = cols
         for h in rows:
-            if doc.member(PeerId(h.peer_id)) is None or h.failed_at is not None or h.pinned:
+            if h.peer_id not in members or h.failed_at is not None or h.pinned:
                 continue  # outsiders, failed audits and copies pinned by hand are not the cloud's
             here = h.peer_id in online
             if not here and (h.provisional or self.offline_for(h.peer_id) > grace):
                 continue
-            claimed = set(indexes_from_bitmap(h.bitmap, entry.total_blocks))
-            proved = [i for i in indexes_from_bitmap(h.confirmed, entry.total_blocks) if i in claimed]
-            cols = full_columns(proved, entry.n, segments)
+            claimed = _bits(h.bitmap, total)
+            # Claimed and not audited yet (a node that just joined or restarted): counted as
+            # present for planning, so no placement storm, but never as a keeper until proved.
+            if here and h.checked_at is None and not h.provisional and (cols := columns_of(claimed, total, n)):
+                view.present[h.peer_id] = cols
+            cols = columns_of(claimed & _bits(h.confirmed, total), total, n)
             if not cols:
                 continue
             if h.provisional:
@@ -160,6 +181,12 @@ class Reconciler:
             if here:
                 view.kept[h.peer_id] = cols
         return view
+
+    def _members(self, doc: CloudDoc) -> frozenset[bytes]:
+        """The members' keys, computed once per document version."""
+        if self._member_keys[0] != doc.seq:
+            self._member_keys = (doc.seq, frozenset(x.peer_id.public_key for x in doc.members))
+        return self._member_keys[1]
 
     def releasable(self, object_id: bytes, asked: set[int]) -> set[int]:
         """The asked columns this node may drop: those it is no keeper of (`cloud/keepers.py`)."""
@@ -178,9 +205,9 @@ class Reconciler:
         mine = view.provisional.get(self.me, set())
         return releasable(self.me, object_id, entry.n, maximum, view.kept, mine, asked, tags, cls.spread)
 
-    def used(self, catalog: list[CatalogEntry] | None = None) -> dict[bytes, int]:
-        """Bytes each peer holds for the cloud, estimated from the ledger (cached between sweeps)."""
-        if catalog is None and self._used:
+    def used(self, fresh: bool = False) -> dict[bytes, int]:
+        """Bytes each peer holds for the cloud, estimated from the ledger (recounted each full sweep)."""
+        if not fresh and self._used:
             return {**self._used, self.me: self.service.node.store.used}
         index = self.service.node.index
         per_block: dict[bytes, int] = {}
@@ -189,15 +216,20 @@ class Reconciler:
             per_block.update((e.object_id, column_bytes(e) // max(1, e.total_blocks // e.n)) for e in page)
             after = page[-1].object_id
         out: dict[bytes, int] = {}
-        for object_id, h in index.holdings():
+        for peer, object_id, bitmap in index.claimed():
             size = per_block.get(object_id)
             if size is not None:
-                out[h.peer_id] = out.get(h.peer_id, 0) + bit_count(h.bitmap) * size
+                out[peer] = out.get(peer, 0) + bit_count(bitmap) * size
         self._used = out
         return {**out, self.me: self.service.node.store.used}
 
     async def round(self) -> None:
-        """One pass: every object after a change of who is online (or every FULL_SWEEP), else those that changed."""
+        """One pass: the objects that changed; every FULL_SWEEP, all but those settled since.
+
+        An object whose plan was empty stays *settled* (skipped by sweeps) until its holdings
+        change, or the cloud's state does: who is online, the document, or which absent
+        members' grace ran out. So a sweep over a quiet 100,000-object catalog reads no claims.
+        """
         doc = self.service.membership.doc
         if doc is None:
             return
@@ -205,13 +237,18 @@ class Reconciler:
         self._expire(now)
         online = self.online(doc)
         index = self.service.node.index
-        state = (frozenset(online), doc.seq)
+        graces = {c.grace for c in doc.classes}
+        away = frozenset((p, g) for p in self._members(doc) - online for g in graces if self.offline_for(p) > g)
+        state = (frozenset(online), doc.seq, away)
+        if state != self._swept:
+            self.settled.clear()
         full = state != self._swept or time.monotonic() - self._swept_at > FULL_SWEEP
         todo = {*self.dirty, *self.unfinished, *(oid for oid, _ in self.pending)}
+        self.settled -= todo
         self.dirty.clear()
         if full:
             self._swept, self._swept_at = state, time.monotonic()
-            await asyncio.to_thread(self.used, [])
+            await asyncio.to_thread(self.used, True)
         ctx = _Round(
             doc,
             online,
@@ -226,15 +263,20 @@ class Reconciler:
             after = b""
             while page := await asyncio.to_thread(index.catalog_after, after, PAGE):
                 after = page[-1].object_id
-                calls += await self._page(ctx, page)
+                calls += await self._page(ctx, [e for e in page if e.object_id not in self.settled], span=True)
         else:
             ids = list(todo)
             for start in range(0, len(ids), PAGE):
                 calls += await self._page(ctx, index.catalog_of(ids[start : start + PAGE]))
         await asyncio.gather(*calls)
 
-    async def _page(self, ctx: "_Round", page: list[CatalogEntry]) -> list[Coroutine[Any, Any, None]]:
-        """Plan the objects of one page this node coordinates or backs up; their calls to make."""
+    async def _page(
+        self, ctx: "_Round", page: list[CatalogEntry], span: bool = False
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Plan the objects of one page this node coordinates or backs up; their calls to make.
+
+        `span`: the page is a run of the catalog in ID order, read with range scans.
+        """
         index = self.service.node.index
         mine = []
         for entry in page:
@@ -243,8 +285,8 @@ class Reconciler:
             if cls is not None and position <= BACKUPS:
                 mine.append((entry, cls, position))
         ids = [e.object_id for e, _, _ in mine]
-        rows = await asyncio.to_thread(index.holdings_of, ids)
-        local = {i.object_id: i for i in await asyncio.to_thread(index.inventory_of, ids)}
+        rows = await asyncio.to_thread(index.holdings_of, ids, span)
+        local = {i.object_id: i for i in await asyncio.to_thread(index.inventory_of, ids, span)}
         calls = []
         for entry, cls, position in mine:
             oid = entry.object_id
@@ -254,7 +296,17 @@ class Reconciler:
             willing = [c for c in ctx.ranked if (oid, c.peer) not in self.refused]
             size = column_bytes(entry)
             decision = plan(
-                oid, cls, entry.n, size, view.present, ctx.online, willing, ctx.tags, pending, view.provisional
+                oid,
+                cls,
+                entry.n,
+                size,
+                view.present,
+                ctx.online,
+                willing,
+                ctx.tags,
+                pending,
+                view.provisional,
+                view.kept,
             )
             if decision.note:
                 self.notes[oid] = decision.note
@@ -262,7 +314,9 @@ class Reconciler:
                 self.notes.pop(oid, None)
             if not decision.place and not decision.release:
                 self.unfinished.pop(oid, None)
+                self.settled.add(oid)
                 continue
+            self.settled.discard(oid)
             # The takeover clock restarts whenever the holders change: progress is not a stall.
             state = sorted((p, sorted(c)) for p, c in view.present.items())
             since, seen = self.unfinished.get(oid, (ctx.now, state))

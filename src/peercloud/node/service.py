@@ -415,7 +415,6 @@ class NodeService:
     def node_status(self) -> NodeStatus:
         """Uptime, addresses, peers and traffic."""
         links = list(self.peers.links.values())
-        objects = self.node.index.objects()
         return NodeStatus(
             str(self.node.identity.peer_id),
             __version__,
@@ -425,7 +424,7 @@ class NodeService:
             len(self.node.index.peers()),
             sum(lk.conn.bytes_in for lk in links),
             sum(lk.conn.bytes_out for lk in links),
-            len(objects),
+            self.node.index.object_count(),
             self.node.store.used,
         )
 

@@ -160,9 +160,12 @@ class HoldingTables(Database):
         return known
 
     def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool, due_at: float) -> None:
-        """Record an audit of a peer's claim: the blocks proved so far (or failure), and the next one."""
+        """Record an audit of a peer's claim: the blocks proved so far (or failure), and the next one.
+
+        Not waited on the disk: a result lost to a power cut only means that claim is audited again.
+        """
         now = time.time()
-        with self.transaction() as db:
+        with self.transaction(durable=False) as db:
             db.execute(
                 "UPDATE holdings SET confirmed = ?, checked_at = ?, due_at = ?,"
                 " failed_at = CASE WHEN ? THEN ? ELSE NULL END WHERE peer_id = ? AND object_id = ?",
@@ -178,7 +181,7 @@ class HoldingTables(Database):
 
     def set_due(self, peer_id: bytes, object_id: bytes, due_at: float) -> None:
         """Put off a claim's audit (its holder was busy or the link failed): no spinning on it."""
-        with self.transaction() as db:
+        with self.transaction(durable=False) as db:
             db.execute(
                 "UPDATE holdings SET due_at = ? WHERE peer_id = ? AND object_id = ?", (due_at, peer_id, object_id)
             )
@@ -188,9 +191,22 @@ class HoldingTables(Database):
         where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("", ())
         return [_holding(r) for r in self._query(f"SELECT {_COLUMNS} FROM holdings {where}", args)]
 
-    def holdings_of(self, object_ids: list[bytes]) -> dict[bytes, list[Holding]]:
-        """Holdings of many objects in one query, grouped by object (for a reconcile round)."""
+    def holdings_of(self, object_ids: list[bytes], span: bool = False) -> dict[bytes, list[Holding]]:
+        """Holdings of many objects grouped by object (for a reconcile round).
+
+        `span`: the IDs are a run of consecutive catalog entries, read as one range scan
+        rather than one lookup each (several times faster on a large index).
+        """
         out: dict[bytes, list[Holding]] = {oid: [] for oid in object_ids}
+        if span and object_ids:
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM holdings WHERE object_id BETWEEN ? AND ?", (min(object_ids), max(object_ids))
+            )
+            for r in rows:
+                oid, h = _holding(r)
+                if oid in out:
+                    out[oid].append(h)
+            return out
         for start in range(0, len(object_ids), 500):
             part = object_ids[start : start + 500]
             rows = self._query(f"SELECT {_COLUMNS} FROM holdings WHERE object_id IN ({placeholders(len(part))})", part)
@@ -207,9 +223,16 @@ class HoldingTables(Database):
         )
         return [_holding(r) for r in rows]
 
-    def peer_holdings(self, peer_id: bytes) -> list[tuple[bytes, bytes]]:
-        """(object, bitmap) for everything one peer announced."""
-        rows = self._query("SELECT object_id, bitmap FROM holdings WHERE peer_id = ?", (peer_id,))
+    def claimed(self) -> list[tuple[bytes, bytes, bytes]]:
+        """(peer, object, bitmap) of every claim: the light rows a usage count needs."""
+        return [
+            (bytes(p), bytes(o), bytes(b)) for p, o, b in self._query("SELECT peer_id, object_id, bitmap FROM holdings")
+        ]
+
+    def peer_holdings(self, peer_id: bytes, ours: bool = False) -> list[tuple[bytes, bytes]]:
+        """(object, bitmap) for everything one peer announced (`ours`: of objects recorded here)."""
+        join = "JOIN objects o ON o.id = h.object_id" if ours else ""
+        rows = self._query(f"SELECT h.object_id, h.bitmap FROM holdings h {join} WHERE h.peer_id = ?", (peer_id,))
         return [(bytes(r[0]), bytes(r[1])) for r in rows]
 
     def prune_holdings(self, keep: Iterable[bytes], before: float) -> int:

@@ -249,6 +249,10 @@ class Index(HoldingTables, CloudTables):
         rows = self._query(f"SELECT {_OBJECT_COLUMNS} FROM objects o ORDER BY o.added_at")
         return [self._record(r) for r in rows]
 
+    def object_count(self) -> int:
+        """How many objects this node knows (without counting their blocks)."""
+        return int(self._query("SELECT COUNT(*) FROM objects")[0][0])
+
     def get_object(self, object_id: bytes) -> ObjectRecord | None:
         """One object's record, or None when this node has never seen it."""
         rows = self._query(f"SELECT {_OBJECT_COLUMNS} FROM objects o WHERE o.id = ?", (object_id,))
@@ -301,32 +305,35 @@ class Index(HoldingTables, CloudTables):
             return [], None
         return [item for item in self.inventory_of(ids) if any(item.bitmap)], ids[-1]
 
-    def inventory_of(self, ids: list[bytes]) -> list[InventoryItem]:
+    def inventory_of(self, ids: list[bytes], span: bool = False) -> list[InventoryItem]:
         """What this node announces of these objects (empty bitmaps included: a release is news too).
 
         For the cloud's objects only blocks it keeps (held, or all when pinned) count; for
-        others every stored block. Four indexed queries, whatever the library's size.
+        others every stored block. Four indexed queries per 500 objects, or, with `span` (the IDs
+        are a run of consecutive catalog entries), four range scans for all of them.
         """
+        if span and ids:
+            return self._inventory(ids, "BETWEEN ? AND ?", [min(ids), max(ids)])
         out = []
         for start in range(0, len(ids), 500):
-            out += self._inventory(ids[start : start + 500])
+            part = ids[start : start + 500]
+            out += self._inventory(part, f"IN ({placeholders(len(part))})", part)
         return out
 
-    def _inventory(self, ids: list[bytes]) -> list[InventoryItem]:
-        marks = placeholders(len(ids))
-        cloud = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM catalog WHERE object_id IN ({marks})", ids)}
-        pinned = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM pins WHERE object_id IN ({marks})", ids)}
+    def _inventory(self, ids: list[bytes], where: str, args: list[bytes]) -> list[InventoryItem]:
+        cloud = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM catalog WHERE object_id {where}", args)}
+        pinned = {bytes(r[0]) for r in self._query(f"SELECT object_id FROM pins WHERE object_id {where}", args)}
         provisional = {
             bytes(r[0])
             for r in self._query(
-                f"SELECT DISTINCT object_id FROM holds WHERE provisional = 1 AND object_id IN ({marks})", ids
+                f"SELECT DISTINCT object_id FROM holds WHERE provisional = 1 AND object_id {where}", args
             )
         }
         rows = self._query(
             f"""SELECT ob.object_id, ob.segment, ob.share, EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id),
                    EXISTS (SELECT 1 FROM holds h WHERE h.object_id = ob.object_id AND h.block_id = ob.block_id)
-               FROM object_blocks ob WHERE ob.object_id IN ({marks}) AND ob.segment >= 0""",
-            ids,
+               FROM object_blocks ob WHERE ob.object_id {where} AND ob.segment >= 0""",
+            args,
         )
         per: dict[bytes, list[tuple[int, int, bool]]] = {}
         for oid, seg, share, stored, held in rows:

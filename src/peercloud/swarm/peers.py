@@ -23,6 +23,7 @@ BACKOFF_MAX = 30.0
 BAN_SECONDS = 600.0
 KEEPALIVE = 15.0  # ping interval; a link that misses one is closed (and re-dialed)
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
+INTAKE_DEPTH = 8  # HAVE messages queued per link before we stop reading it
 MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
 
 
@@ -59,6 +60,8 @@ class PeerManager:
         self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
         self.links: dict[PeerId, PeerLink] = {}
         self.senders: dict[PeerLink, InventorySender] = {}
+        self._intake: dict[PeerLink, list[list[Claim]]] = {}  # HAVE messages waiting to be recorded
+        self._intake_tasks: set[asyncio.Task[None]] = set()
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
         self._changed = asyncio.Event()
@@ -82,6 +85,8 @@ class PeerManager:
         links = list(self.links.values())
         for link in links:
             link.close("shutting down")
+        for task in self._intake_tasks:
+            task.cancel()  # a HAVE batch already in its worker thread still finishes its transaction
         keepers = {t for t in self._keepers.values() if not t.done()}
         while keepers and loop.time() < deadline:
             # Cancel again each round: asyncio.wait_for (Python 3.11) drops a cancel that lands as it finishes.
@@ -147,8 +152,11 @@ class PeerManager:
     async def changed(self, timeout: float) -> None:
         """Wait until a link comes or goes or a HAVE arrives (or the timeout)."""
         self._changed.clear()
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for drops a cancel that arrives as
+        # the event fires, and a task that swallows its cancel hangs the daemon's shutdown.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
 
     def info(self) -> list[PeerInfo]:
         """Every configured or connected peer, for `peercloud peers`."""
@@ -249,11 +257,33 @@ class PeerManager:
             if self.on_notice_extra is not None:
                 self.on_notice_extra(link, msg)
             return
-        # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
-        if self.index.set_holdings(peer.public_key, claims, member=self.member(peer)):
-            self.have_version += 1
-            self._changed.set()
-            self.on_claims([c.object_id for c in claims])
+        queue = self._intake.setdefault(link, [])
+        queue.append(claims)
+        if len(queue) >= INTAKE_DEPTH:
+            link.hold_reading(True)  # TCP backpressure: the sender waits while we catch up
+        if len(queue) == 1:
+            task = asyncio.get_running_loop().create_task(self._digest(link, peer))
+            self._intake_tasks.add(task)
+            task.add_done_callback(self._intake_tasks.discard)
+
+    async def _digest(self, link: PeerLink, peer: PeerId) -> None:
+        """Record a link's HAVEs in order, each message one transaction in a worker thread."""
+        queue = self._intake[link]
+        try:
+            while queue:
+                claims = queue[0]
+                # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
+                kept = await asyncio.to_thread(self.index.set_holdings, peer.public_key, claims, self.member(peer))
+                queue.pop(0)
+                if len(queue) < INTAKE_DEPTH // 2:
+                    link.hold_reading(False)
+                if kept:
+                    self.have_version += 1
+                    self._changed.set()
+                    self.on_claims([c.object_id for c in claims])
+        finally:
+            if not queue or link.conn.state is not State.OPEN:
+                self._intake.pop(link, None)
 
     def query(self, object_id: bytes) -> None:
         """Ask every connected peer for its HAVE of an object we just learned."""
