@@ -47,6 +47,8 @@ FAILED_RETRY = 60.0  # a failed holder is challenged again after this, or when i
 INCONCLUSIVE_RETRY = 30.0  # the holder was busy or the link failed
 AUDIT_TIMEOUT = 20.0
 CLAIMS_PER_PEER = 4  # claims of one peer audited at once
+CLAIMS_PER_SECOND = 50.0  # claim audits started per second in all: a new member's 100,000 claims
+# are proved over the next half hour instead of all at once (planning counts them as present)
 SCAN_EVERY = 1.0
 AUDITS_PER_SECOND = 200.0  # challenges answered per member
 OUTSIDER_AUDITS_PER_SECOND = 10.0
@@ -88,6 +90,7 @@ class Auditor:
         self.on_proved: Callable[[bytes], None] = lambda _: None  # an object's proofs changed
         self._running: dict[bytes, set[bytes]] = {}  # peer → objects being audited
         self._buckets: dict[PeerId, _Bucket] = {}
+        self._budget = _Bucket(CLAIMS_PER_SECOND, CLAIMS_PER_SECOND, time.monotonic())
         self._reads = {True: asyncio.Semaphore(4), False: asyncio.Semaphore(1)}  # members', others'
 
     async def run(self) -> None:
@@ -108,6 +111,8 @@ class Auditor:
             for object_id, h in self.index.due_holdings(pid.public_key, now, room + len(running)):
                 if object_id in running or len(running) >= CLAIMS_PER_PEER:
                     continue
+                if not self._budget.take(time.monotonic()):
+                    return
                 running.add(object_id)
                 task = loop.create_task(self._audit(link, object_id, h))
                 task.add_done_callback(partial(_discard, running, object_id))

@@ -56,6 +56,11 @@ class CatalogSync:
 
     def accept(self, link: PeerLink | None, items: Iterable[batches.CatalogItem]) -> list[CatalogEntry]:
         """Keep possible entries of known classes from a member (or this node), in one transaction."""
+        entries = self._possible(link, items)
+        return self._counted(self.index.put_catalog_many(entries)) if entries else []
+
+    def _possible(self, link: PeerLink | None, items: Iterable[batches.CatalogItem]) -> list[CatalogEntry]:
+        """Entries whose shape is possible and class known; an impossible one closes the link."""
         doc = self.membership.doc
         if doc is None:
             return []
@@ -68,7 +73,9 @@ class CatalogSync:
                 return []
             if it.storage_class in doc.class_map:  # an unknown class would never be placed
                 entries.append(CatalogEntry(it.object_id, it.storage_class, it.total_blocks, it.k, it.n, it.size, now))
-        new = self.index.put_catalog_many(entries)
+        return entries
+
+    def _counted(self, new: list[CatalogEntry]) -> list[CatalogEntry]:
         for e in new:
             self.digest.add(e)
         return new
@@ -163,7 +170,9 @@ class CatalogSync:
                     page = answer.message
                     assert isinstance(page, m.CatalogPage)
                     items = batches.unpack_catalog(page.entries)
-                    learned += len(self.accept(link, items))
+                    entries = self._possible(link, items)
+                    # The transaction runs in a worker thread: a 1,000-entry page must not stall the loop.
+                    learned += len(self._counted(await asyncio.to_thread(self.index.put_catalog_many, entries)))
                     if not page.more or not items:
                         break
                     after = items[-1].object_id
