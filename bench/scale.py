@@ -467,7 +467,9 @@ async def time_rounds(home: Path, runs: int, others_online: bool) -> tuple[list[
             if others_online:
                 # Stand-ins for links: the members count as online; a healthy cloud makes no calls.
                 me = node.identity.peer_id
-                service.peers.links.update({x.peer_id: cast(PeerLink, None) for x in doc.members if x.peer_id != me})
+                others = [x.peer_id for x in doc.members if x.peer_id != me]
+                service.peers.links.update({pid: cast(PeerLink, None) for pid in others})
+                service.peers.inventoried.update(others)  # their inventories are in the index already
             start = time.perf_counter()
             await service.reconciler.round()
             if attempt:

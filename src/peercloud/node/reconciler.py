@@ -38,6 +38,7 @@ PENDING_BASE = 120.0  # a placement not proved after this (plus size at 10 MB/s)
 REFUSED_PAUSE = 300.0  # a member that refused or failed a placement is not asked again for this long
 CALL_TIMEOUT = 15.0
 CONCURRENT_CALLS = 16
+INVENTORY_WAIT = 60.0  # at most this long after a link opens, plans wait for that member's inventory
 FULL_SWEEP = 30.0  # seconds between rounds over the whole catalog (between them: changed objects only)
 PAGE = 1000  # catalog entries planned per step of a round
 
@@ -110,6 +111,7 @@ class Reconciler:
         self._swept: object = None  # who was online, the document version, graces run out: at the last sweep
         self._swept_at = 0.0
         self._used: dict[bytes, int] = {}
+        self._used_at: float | None = None  # when `_used` was counted (a full sweep recounts it)
         self._member_keys: tuple[int, frozenset[bytes]] = (-1, frozenset())
 
     @property
@@ -182,6 +184,15 @@ class Reconciler:
                 view.kept[h.peer_id] = cols
         return view
 
+    def _hearing(self, online: set[bytes]) -> bool:
+        """True while some online member's initial inventory is still coming (for INVENTORY_WAIT at most)."""
+        peers, clock = self.service.peers, time.monotonic()
+        return any(
+            PeerId(p) not in peers.inventoried and clock - peers.linked_at.get(PeerId(p), clock) < INVENTORY_WAIT
+            for p in online
+            if p != self.me
+        )
+
     def _members(self, doc: CloudDoc) -> frozenset[bytes]:
         """The members' keys, computed once per document version."""
         if self._member_keys[0] != doc.seq:
@@ -207,7 +218,7 @@ class Reconciler:
 
     def used(self, fresh: bool = False) -> dict[bytes, int]:
         """Bytes each peer holds for the cloud, estimated from the ledger (recounted each full sweep)."""
-        if not fresh and self._used:
+        if not fresh and self._used_at is not None:
             return {**self._used, self.me: self.service.node.store.used}
         index = self.service.node.index
         per_block: dict[bytes, int] = {}
@@ -220,7 +231,7 @@ class Reconciler:
             size = per_block.get(object_id)
             if size is not None:
                 out[peer] = out.get(peer, 0) + bit_count(bitmap) * size
-        self._used = out
+        self._used, self._used_at = out, time.monotonic()
         return {**out, self.me: self.service.node.store.used}
 
     async def round(self) -> None:
@@ -236,6 +247,8 @@ class Reconciler:
         now = time.time()
         self._expire(now)
         online = self.online(doc)
+        if self._hearing(online):
+            return  # a member's inventory is still arriving: its copies would look missing
         index = self.service.node.index
         graces = {c.grace for c in doc.classes}
         away = frozenset((p, g) for p in self._members(doc) - online for g in graces if self.offline_for(p) > g)
@@ -261,9 +274,12 @@ class Reconciler:
         calls: list[Coroutine[Any, Any, None]] = []
         if full:
             after = b""
-            while page := await asyncio.to_thread(index.catalog_after, after, PAGE):
-                after = page[-1].object_id
-                calls += await self._page(ctx, [e for e in page if e.object_id not in self.settled], span=True)
+            while ids := await asyncio.to_thread(index.catalog_ids_after, after, PAGE):
+                after = ids[-1]
+                unsettled = [oid for oid in ids if oid not in self.settled]
+                if unsettled:
+                    page = await asyncio.to_thread(index.catalog_of, unsettled)
+                    calls += await self._page(ctx, page, span=True)
         else:
             ids = list(todo)
             for start in range(0, len(ids), PAGE):
@@ -284,6 +300,8 @@ class Reconciler:
             position = rank_of(entry.object_id, ctx.mine, ctx.others, BACKUPS + 1)
             if cls is not None and position <= BACKUPS:
                 mine.append((entry, cls, position))
+            else:
+                self.settled.add(entry.object_id)  # another member's to coordinate while this state lasts
         ids = [e.object_id for e, _, _ in mine]
         rows = await asyncio.to_thread(index.holdings_of, ids, span)
         local = {i.object_id: i for i in await asyncio.to_thread(index.inventory_of, ids, span)}

@@ -107,6 +107,13 @@ class CloudTables(Database):
         )
         return [_entry(r) for r in rows]
 
+    def catalog_ids_after(self, after: bytes, limit: int) -> list[bytes]:
+        """Object IDs of the catalog after `after`, in order: a sweep's cheap first look at a page."""
+        rows = self._query(
+            "SELECT object_id FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
+        )
+        return [bytes(r[0]) for r in rows]
+
     def catalog_of(self, object_ids: list[bytes]) -> list[CatalogEntry]:
         """The entries of these objects (those the catalog has), in one query per 500."""
         out = []

@@ -137,7 +137,7 @@ class HoldingTables(Database):
                 out.append((peer_id, c.object_id, claimed, now, confirmed, c.pinned, c.provisional, due))
             db.executemany(
                 "INSERT INTO holdings (peer_id, object_id, bitmap, updated_at, confirmed, pinned, provisional, due_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(peer_id, object_id) DO UPDATE SET"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(object_id, peer_id) DO UPDATE SET"
                 " bitmap = excluded.bitmap, updated_at = excluded.updated_at, confirmed = excluded.confirmed,"
                 " pinned = excluded.pinned, provisional = excluded.provisional, due_at = excluded.due_at",
                 out,
@@ -148,15 +148,15 @@ class HoldingTables(Database):
     def _known_in(db: sqlite3.Connection, ids: list[bytes]) -> set[bytes]:
         """Which of these objects this node knows: the cloud's, recorded here, or with a manifest here."""
         known: set[bytes] = set()
-        for start in range(0, len(ids), 500):
-            part = ids[start : start + 500]
-            marks = placeholders(len(part))
-            for sql in (
-                f"SELECT object_id FROM catalog WHERE object_id IN ({marks})",
-                f"SELECT id FROM objects WHERE id IN ({marks})",
-                f"SELECT id FROM blocks WHERE id IN ({marks})",
-            ):
-                known.update(bytes(r[0]) for r in db.execute(sql, part))
+        for sql in (
+            "SELECT object_id FROM catalog WHERE object_id IN ({})",
+            "SELECT id FROM objects WHERE id IN ({})",
+            "SELECT id FROM blocks WHERE id IN ({})",
+        ):
+            left = [oid for oid in ids if oid not in known]  # most are the cloud's: one query answers
+            for start in range(0, len(left), 500):
+                part = left[start : start + 500]
+                known.update(bytes(r[0]) for r in db.execute(sql.format(placeholders(len(part))), part))
         return known
 
     def set_audit(self, peer_id: bytes, object_id: bytes, confirmed: bytes, failed: bool, due_at: float) -> None:

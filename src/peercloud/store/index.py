@@ -92,11 +92,27 @@ ALTER TABLE holdings ADD COLUMN failed_at REAL;
 ALTER TABLE holdings ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
 """
 # Version 4: provisional holds (an owner's fresh EC shares) and claims, and when each claim is
-# next due for an audit (indexed, so the auditor never scans every claim).
+# next due for an audit (indexed, so the auditor never scans every claim). Claims are keyed by
+# object first: rounds read them by object ranges, and one index less makes 100,000 HAVEs cheaper.
 _SCHEMA_V4 = """
 ALTER TABLE holds ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE holdings ADD COLUMN provisional INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE holdings ADD COLUMN due_at REAL NOT NULL DEFAULT 0;
+CREATE TABLE holdings4 (
+    object_id BLOB NOT NULL,
+    peer_id BLOB NOT NULL,
+    bitmap BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    confirmed BLOB NOT NULL DEFAULT x'',
+    checked_at REAL,
+    failed_at REAL,
+    pinned INTEGER NOT NULL DEFAULT 0,
+    provisional INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (object_id, peer_id)
+) WITHOUT ROWID;
+INSERT INTO holdings4 (object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned)
+    SELECT object_id, peer_id, bitmap, updated_at, confirmed, checked_at, failed_at, pinned FROM holdings;
+DROP TABLE holdings;
+ALTER TABLE holdings4 RENAME TO holdings;
 CREATE INDEX holdings_due ON holdings(peer_id, due_at);
 """
 

@@ -45,6 +45,7 @@ class InventorySender:
         while after is not None and self._open():
             items, after = await asyncio.to_thread(self.index.local_inventory, after, PAGE)
             await self._send(items)
+        await self._notify(m.Haves(b""))  # an empty batch: our whole inventory is on its way
         while self._open():
             await self._wake.wait()
             self._wake.clear()

@@ -60,7 +60,9 @@ class PeerManager:
         self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
         self.links: dict[PeerId, PeerLink] = {}
         self.senders: dict[PeerLink, InventorySender] = {}
-        self._intake: dict[PeerLink, list[list[Claim]]] = {}  # HAVE messages waiting to be recorded
+        self._intake: dict[PeerLink, list[list[Claim] | None]] = {}  # HAVE messages waiting to be recorded
+        self.inventoried: set[PeerId] = set()  # peers whose whole inventory we have recorded on this link
+        self.linked_at: dict[PeerId, float] = {}  # when each current link was registered (monotonic)
         self._intake_tasks: set[asyncio.Task[None]] = set()
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
@@ -200,6 +202,8 @@ class PeerManager:
             link.close("too many peers connected")
             return
         self.links[pid] = link
+        self.inventoried.discard(pid)
+        self.linked_at[pid] = time.monotonic()
         link.closed.add_done_callback(lambda _: self._unregister(link))
         if self.on_link is not None:
             self.on_link(link)
@@ -229,6 +233,7 @@ class PeerManager:
     def _unregister(self, link: PeerLink) -> None:
         if link.peer_id is not None and self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
+            self.inventoried.discard(link.peer_id)
             self.last_seen[link.peer_id] = time.time()
             self._changed.set()
 
@@ -246,6 +251,8 @@ class PeerManager:
                 for oid in self.index.known(ids[:2048]):
                     sender.announce(oid)
             return
+        elif isinstance(msg, m.Haves) and not msg.entries:
+            claims = None  # the end of its initial inventory, once what came before is recorded
         elif isinstance(msg, m.Haves):
             try:
                 entries = batches.unpack_haves(msg.entries)
@@ -260,6 +267,7 @@ class PeerManager:
         queue = self._intake.setdefault(link, [])
         queue.append(claims)
         if len(queue) >= INTAKE_DEPTH:
+            log.debug("holding %s: %d HAVE messages to record", peer.short(), len(queue))
             link.hold_reading(True)  # TCP backpressure: the sender waits while we catch up
         if len(queue) == 1:
             task = asyncio.get_running_loop().create_task(self._digest(link, peer))
@@ -273,14 +281,22 @@ class PeerManager:
             while queue:
                 claims = queue[0]
                 # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
-                kept = await asyncio.to_thread(self.index.set_holdings, peer.public_key, claims, self.member(peer))
+                kept = 0
+                if claims is not None:
+                    kept = await asyncio.to_thread(self.index.set_holdings, peer.public_key, claims, self.member(peer))
                 queue.pop(0)
                 if len(queue) < INTAKE_DEPTH // 2:
                     link.hold_reading(False)
-                if kept:
+                if claims is None and self.links.get(peer) is link:
+                    self.inventoried.add(peer)
+                    self._changed.set()
+                if kept and claims is not None:
                     self.have_version += 1
                     self._changed.set()
                     self.on_claims([c.object_id for c in claims])
+        except Exception:
+            log.exception("recording HAVEs from %s failed", peer.short())
+            raise
         finally:
             if not queue or link.conn.state is not State.OPEN:
                 self._intake.pop(link, None)
