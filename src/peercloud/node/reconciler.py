@@ -38,7 +38,7 @@ PENDING_BASE = 120.0  # a placement not proved after this (plus size at 10 MB/s)
 REFUSED_PAUSE = 300.0  # a member that refused or failed a placement is not asked again for this long
 CALL_TIMEOUT = 15.0
 CONCURRENT_CALLS = 16
-INVENTORY_WAIT = 60.0  # at most this long after a link opens, plans wait for that member's inventory
+INVENTORY_WAIT = 20.0  # after a start or a join, plans wait this long at most for members' inventories
 FULL_SWEEP = 30.0  # seconds between rounds over the whole catalog (between them: changed objects only)
 PAGE = 1000  # catalog entries planned per step of a round
 
@@ -113,6 +113,7 @@ class Reconciler:
         self._used: dict[bytes, int] = {}
         self._used_at: float | None = None  # when `_used` was counted (a full sweep recounts it)
         self._member_keys: tuple[int, frozenset[bytes]] = (-1, frozenset())
+        self._catching_up_since: float | None = None  # when this node started or joined (monotonic)
 
     @property
     def me(self) -> bytes:
@@ -185,13 +186,16 @@ class Reconciler:
         return view
 
     def _hearing(self, online: set[bytes]) -> bool:
-        """True while some online member's initial inventory is still coming (for INVENTORY_WAIT at most)."""
-        peers, clock = self.service.peers, time.monotonic()
-        return any(
-            PeerId(p) not in peers.inventoried and clock - peers.linked_at.get(PeerId(p), clock) < INVENTORY_WAIT
-            for p in online
-            if p != self.me
-        )
+        """True while this node is catching up (just started or joined) and an online member's
+        initial inventory is still coming. Only for INVENTORY_WAIT after the start or the join, so
+        a member that never finishes its inventory (or keeps reconnecting) cannot hold plans back."""
+        clock = time.monotonic()
+        if self._catching_up_since is None:
+            self._catching_up_since = clock
+        if clock - self._catching_up_since > INVENTORY_WAIT:
+            return False
+        peers = self.service.peers
+        return any(PeerId(p) not in peers.inventoried for p in online if p != self.me)
 
     def _members(self, doc: CloudDoc) -> frozenset[bytes]:
         """The members' keys, computed once per document version."""
@@ -243,6 +247,7 @@ class Reconciler:
         """
         doc = self.service.membership.doc
         if doc is None:
+            self._catching_up_since = None  # the clock starts again when this node joins
             return
         now = time.time()
         self._expire(now)

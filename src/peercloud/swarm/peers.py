@@ -6,6 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from peercloud.errors import UsageError
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 BAN_SECONDS = 600.0
-KEEPALIVE = 15.0  # ping interval; a link that misses one is closed (and re-dialed)
+KEEPALIVE = 15.0  # ping interval and timeout
+KEEPALIVE_MISSES = 2  # pings in a row answered by nothing at all: the link is closed (and re-dialed)
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
 INTAKE_DEPTH = 8  # HAVE messages queued per link before we stop reading it
 MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
@@ -61,8 +63,9 @@ class PeerManager:
         self.links: dict[PeerId, PeerLink] = {}
         self.senders: dict[PeerLink, InventorySender] = {}
         self._intake: dict[PeerLink, list[list[Claim] | None]] = {}  # HAVE messages waiting to be recorded
+        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="have-intake")
+        self._held: dict[PeerLink, float] = {}  # links not read while their HAVEs are recorded, since
         self.inventoried: set[PeerId] = set()  # peers whose whole inventory we have recorded on this link
-        self.linked_at: dict[PeerId, float] = {}  # when each current link was registered (monotonic)
         self._intake_tasks: set[asyncio.Task[None]] = set()
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
@@ -89,6 +92,7 @@ class PeerManager:
             link.close("shutting down")
         for task in self._intake_tasks:
             task.cancel()  # a HAVE batch already in its worker thread still finishes its transaction
+        self._recorder.shutdown(wait=False)
         keepers = {t for t in self._keepers.values() if not t.done()}
         while keepers and loop.time() < deadline:
             # Cancel again each round: asyncio.wait_for (Python 3.11) drops a cancel that lands as it finishes.
@@ -203,7 +207,6 @@ class PeerManager:
             return
         self.links[pid] = link
         self.inventoried.discard(pid)
-        self.linked_at[pid] = time.monotonic()
         link.closed.add_done_callback(lambda _: self._unregister(link))
         if self.on_link is not None:
             self.on_link(link)
@@ -221,13 +224,23 @@ class PeerManager:
         link.closed.add_done_callback(closed)
 
     async def _keepalive(self, link: PeerLink) -> None:
-        """Measure RTT now and every KEEPALIVE seconds; a silent peer's link is closed."""
+        """Measure RTT now and every KEEPALIVE seconds; a peer silent for KEEPALIVE_MISSES pings is dropped.
+
+        A ping unanswered while other bytes kept arriving is no silence (the pong is queued behind
+        them): only a link that brought nothing at all for the whole wait counts as a miss.
+        """
+        misses = 0
         while link.conn.state is State.OPEN:
+            before = link.conn.bytes_in
             try:
                 await link.ping(timeout=KEEPALIVE)
             except PeerError:
-                link.close("keepalive: no answer to ping")
-                return
+                misses = 0 if link.conn.bytes_in > before else misses + 1
+                if misses >= KEEPALIVE_MISSES:
+                    link.close("keepalive: no answer to ping")
+                    return
+                continue
+            misses = 0
             await asyncio.sleep(KEEPALIVE)
 
     def _unregister(self, link: PeerLink) -> None:
@@ -266,8 +279,8 @@ class PeerManager:
             return
         queue = self._intake.setdefault(link, [])
         queue.append(claims)
-        if len(queue) >= INTAKE_DEPTH:
-            log.debug("holding %s: %d HAVE messages to record", peer.short(), len(queue))
+        if len(queue) >= INTAKE_DEPTH and link not in self._held:
+            self._held[link] = time.monotonic()
             link.hold_reading(True)  # TCP backpressure: the sender waits while we catch up
         if len(queue) == 1:
             task = asyncio.get_running_loop().create_task(self._digest(link, peer))
@@ -283,9 +296,15 @@ class PeerManager:
                 # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
                 kept = 0
                 if claims is not None:
-                    kept = await asyncio.to_thread(self.index.set_holdings, peer.public_key, claims, self.member(peer))
+                    # Our own thread: staging and fsyncs queued in the default executor never delay it.
+                    kept = await asyncio.get_running_loop().run_in_executor(
+                        self._recorder, self.index.set_holdings, peer.public_key, claims, self.member(peer)
+                    )
                 queue.pop(0)
-                if len(queue) < INTAKE_DEPTH // 2:
+                if len(queue) < INTAKE_DEPTH // 2 and link in self._held:
+                    held = time.monotonic() - self._held.pop(link)
+                    if held > 1.0:
+                        log.info("read nothing from %s for %.1f s while recording its HAVEs", peer.short(), held)
                     link.hold_reading(False)
                 if claims is None and self.links.get(peer) is link:
                     self.inventoried.add(peer)
@@ -300,6 +319,7 @@ class PeerManager:
         finally:
             if not queue or link.conn.state is not State.OPEN:
                 self._intake.pop(link, None)
+                self._held.pop(link, None)
 
     def query(self, object_id: bytes) -> None:
         """Ask every connected peer for its HAVE of an object we just learned."""
