@@ -39,19 +39,27 @@ class CatalogItem(NamedTuple):
     size: int
 
 
-def pack_haves(entries: Iterable[HaveEntry]) -> Iterator[bytes]:
-    """Cut entries into packed batches of at most BATCH_BYTES each."""
+def _batched(items: Iterable[bytes]) -> Iterator[bytes]:
+    """Concatenate packed entries into batches of at most BATCH_BYTES each."""
     batch = bytearray()
-    for e in entries:
-        if len(e.bitmap) > MAX_BATCH_BITMAP:
-            raise ValueError("bitmap too long for a batch: send it as `have`")
-        item = _HAVE.pack(e.object_id, e.pinned | e.provisional << 1, len(e.bitmap)) + e.bitmap
+    for item in items:
         if len(batch) + len(item) > BATCH_BYTES:
             yield bytes(batch)
             batch = bytearray()
         batch += item
     if batch:
         yield bytes(batch)
+
+
+def _have(e: HaveEntry) -> bytes:
+    if len(e.bitmap) > MAX_BATCH_BITMAP:
+        raise ValueError("bitmap too long for a batch: send it as `have`")
+    return _HAVE.pack(e.object_id, e.pinned | e.provisional << 1, len(e.bitmap)) + e.bitmap
+
+
+def pack_haves(entries: Iterable[HaveEntry]) -> Iterator[bytes]:
+    """Cut entries into packed batches of at most BATCH_BYTES each."""
+    return _batched(_have(e) for e in entries)
 
 
 def unpack_haves(data: bytes) -> list[HaveEntry]:
@@ -69,20 +77,16 @@ def unpack_haves(data: bytes) -> list[HaveEntry]:
     return out
 
 
+def _item(e: CatalogItem) -> bytes:
+    name = e.storage_class.encode()
+    if len(name) > MAX_CLASS_NAME:
+        raise ValueError("class name too long")
+    return _CATALOG.pack(e.object_id, e.total_blocks, e.k, e.n, e.size, len(name)) + name
+
+
 def pack_catalog(items: Iterable[CatalogItem]) -> Iterator[bytes]:
     """Cut catalog entries into packed batches of at most BATCH_BYTES each."""
-    batch = bytearray()
-    for e in items:
-        name = e.storage_class.encode()
-        if len(name) > MAX_CLASS_NAME:
-            raise ValueError("class name too long")
-        item = _CATALOG.pack(e.object_id, e.total_blocks, e.k, e.n, e.size, len(name)) + name
-        if len(batch) + len(item) > BATCH_BYTES:
-            yield bytes(batch)
-            batch = bytearray()
-        batch += item
-    if batch:
-        yield bytes(batch)
+    return _batched(_item(e) for e in items)
 
 
 def unpack_catalog(data: bytes) -> list[CatalogItem]:
