@@ -40,7 +40,6 @@ class CatalogSync:
         self._agreed: dict[PeerLink, asyncio.Event] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.pulled = 0  # entries learned by pulling (for tests and benchmarks)
         self.load()
 
     def load(self) -> None:
@@ -178,7 +177,6 @@ class CatalogSync:
                     after = items[-1].object_id
             except (PeerError, m.ProtocolError) as e:
                 log.info("catalog sync with %s stopped: %s", link.peer_id.short() if link.peer_id else "?", e)
-            self.pulled += learned
             if learned:
                 log.info("learned %d catalog entries from %s", learned, link.peer_id.short() if link.peer_id else "?")
                 digest = m.CatalogDigest(self.digest.encode())

@@ -137,10 +137,6 @@ class CloudTables(Database):
                 [(object_id, b, provisional) for b in block_ids],
             )
 
-    def is_provisional(self, object_id: bytes) -> bool:
-        """True when this node keeps the object's blocks only until placement spread them."""
-        return bool(self._query("SELECT 1 FROM holds WHERE object_id = ? AND provisional = 1 LIMIT 1", (object_id,)))
-
     def release(self, object_id: bytes, block_ids: Iterable[bytes] | None = None) -> None:
         """Stop keeping blocks of an object for the cloud (all of them when None)."""
         with self.transaction() as db:

@@ -87,12 +87,6 @@ class HoldingTables(Database):
         """Peers to dial, oldest first."""
         return [(bytes(r[0]), str(r[1])) for r in self._query("SELECT peer_id, address FROM peers ORDER BY added_at")]
 
-    def set_holding(
-        self, peer_id: bytes, object_id: bytes, bitmap: bytes, offset: int = 0, pinned: bool = False
-    ) -> None:
-        """Record (part of) one HAVE from a member-like peer (tests and local bookkeeping)."""
-        self.set_holdings(peer_id, [Claim(object_id, bitmap, offset, pinned)], member=True)
-
     def set_holdings(self, peer_id: bytes, claims: Iterable[Claim], member: bool) -> int:
         """Record a batch of a peer's HAVEs in one transaction; returns how many were kept.
 

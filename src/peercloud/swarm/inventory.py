@@ -31,7 +31,6 @@ class InventorySender:
         self.ready = ready
         self.dirty: dict[bytes, None] = {}  # objects to announce again, in order
         self._wake = asyncio.Event()
-        self.sent_messages = 0
 
     def announce(self, object_id: bytes) -> None:
         """Our holdings of an object changed: tell this peer (soon, coalesced)."""
@@ -77,4 +76,3 @@ class InventorySender:
         await self.link.writable()
         if self._open():
             self.link.notify(msg)
-            self.sent_messages += 1
