@@ -115,15 +115,23 @@ def still_holding(holders: list[Daemon], object_id: str) -> int:
     return sum(1 for d in holders if health(d, object_id)["local_percent"] == 100.0)
 
 
-def test_concurrent_releases_above_the_minimum(daemons: Callable[..., Daemon], make_file: Callable[..., Path]) -> None:
-    f = Findings("concurrent-releases")
+def release_attack(
+    f: Findings,
+    daemons: Callable[..., Daemon],
+    make_file: Callable[..., Path],
+    cls: list[str],
+    copies: int,
+    wait: float,
+) -> tuple[list[str], int, list[str]]:
+    """A 4-member cloud, an object of class `cls` settled on `copies` holders, and a fresh member
+    that sends Release to all of them at once: (answers, fewest copies an onlooker saw, healths seen)."""
     start = time.monotonic()
     peers = make_cloud(daemons, 4)
     f.figure("cloud_s", round(time.monotonic() - start, 1))
     admin = peers[0]
-    admin.cli("class", "add", "grow-3", "--replicas", "2", "--max", "3", "--grace", "1s")
-    oid = peers[1].json("add", str(make_file(2_000_000, name="g.bin")), "--class", "grow-3")["object_id"]
-    holding = settle(peers, oid, 3)  # every holder's own ledger counts the 3 proved copies
+    admin.cli("class", "add", *cls, "--grace", "1s")
+    oid = peers[1].json("add", str(make_file(2_000_000, name="g.bin")), "--class", cls[0])["object_id"]
+    holding = settle(peers, oid, copies)  # every holder's own ledger counts the proved copies
     holders = [d for d in peers if d.peer_id in holding]
     onlooker = next(d for d in peers if d.peer_id not in holding)
     f.figure("placed_s", round(time.monotonic() - start, 1))
@@ -137,49 +145,29 @@ def test_concurrent_releases_above_the_minimum(daemons: Callable[..., Daemon], m
         f.figure("joined_s", round(time.monotonic() - start, 1))
         answers = release_all(raw, targets, oid)
         f.figure("answers", answers)
-        fewest, seen = watch(onlooker, oid, WATCH)
+        fewest, seen = watch(onlooker, oid, wait)
         f.figure("fewest_copies_seen", fewest)
         f.figure("healths_seen", sorted(set(seen)))
         f.figure("holders_still_holding", still_holding(holders, oid))
-        f.require(answers.count("ok") <= 1, f"{answers.count('ok')} of 3 holders released: only 1 may")
-        f.require(fewest >= 2, f"the onlooker saw {fewest} proved online copies (bound: at least 2)")
-        f.require("lost" not in seen, "the onlooker saw the object lost")
     finally:
         hang_up(raw, links)
         raw.close()
+    return answers, fewest, seen
+
+
+def test_concurrent_releases_above_the_minimum(daemons: Callable[..., Daemon], make_file: Callable[..., Path]) -> None:
+    f = Findings("concurrent-releases")
+    answers, fewest, seen = release_attack(f, daemons, make_file, ["grow-3", "--replicas", "2", "--max", "3"], 3, WATCH)
+    f.require(answers.count("ok") <= 1, f"{answers.count('ok')} of 3 holders released: only 1 may")
+    f.require(fewest >= 2, f"the onlooker saw {fewest} proved online copies (bound: at least 2)")
+    f.require("lost" not in seen, "the onlooker saw the object lost")
     f.check()
 
 
 def test_concurrent_releases_at_the_minimum(daemons: Callable[..., Daemon], make_file: Callable[..., Path]) -> None:
     f = Findings("concurrent-releases-at-minimum")
-    start = time.monotonic()
-    peers = make_cloud(daemons, 4)
-    f.figure("cloud_s", round(time.monotonic() - start, 1))
-    admin = peers[0]
-    admin.cli("class", "add", "pair", "--replicas", "2", "--grace", "1s")
-    oid = peers[1].json("add", str(make_file(2_000_000, name="p.bin")), "--class", "pair")["object_id"]
-    holding = settle(peers, oid, 2)  # the owner's extra copy, if it had one, released
-    holders = [d for d in peers if d.peer_id in holding]
-    onlooker = next(d for d in peers if d.peer_id not in holding)
-    f.figure("placed_s", round(time.monotonic() - start, 1))
-    raw = Raw(far_identity(oid, peers))
-    links: list[PeerLink] = []
-    try:
-        first = join(raw, admin, peers)
-        links.append(first)
-        targets = [first if d is admin else raw.connect(d) for d in holders]
-        links += targets
-        f.figure("joined_s", round(time.monotonic() - start, 1))
-        answers = release_all(raw, targets, oid)
-        f.figure("answers", answers)
-        fewest, seen = watch(onlooker, oid, WATCH / 2)
-        f.figure("fewest_copies_seen", fewest)
-        f.figure("healths_seen", sorted(set(seen)))
-        f.figure("holders_still_holding", still_holding(holders, oid))
-        f.require(answers == ["refused", "refused"], f"the two holders answered {answers}, not both refused")
-        f.require(fewest >= 2, f"the onlooker saw {fewest} proved online copies (bound: 2)")
-        f.require("lost" not in seen, "the onlooker saw the object lost")
-    finally:
-        hang_up(raw, links)
-        raw.close()
+    answers, fewest, seen = release_attack(f, daemons, make_file, ["pair", "--replicas", "2"], 2, WATCH / 2)
+    f.require(answers == ["refused", "refused"], f"the two holders answered {answers}, not both refused")
+    f.require(fewest >= 2, f"the onlooker saw {fewest} proved online copies (bound: 2)")
+    f.require("lost" not in seen, "the onlooker saw the object lost")
     f.check()
