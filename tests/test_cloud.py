@@ -202,7 +202,7 @@ def test_two_losses_with_replica_3_stay_readable_and_heal(
     daemons: Start, make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     peers = make_cloud(daemons, 5)
-    peers[0].cli("class", "add", "fast-3", "--replicas", "3", "--grace", "1s")
+    peers[0].cli("class", "add", "fast-3", "--replicas", "3", "--grace", "6s")
     src = make_file(4_000_000, name="precious.bin")
     added = peers[2].json("add", str(src), "--class", "fast-3")
     oid = added["object_id"]
@@ -211,6 +211,7 @@ def test_two_losses_with_replica_3_stay_readable_and_heal(
     holding = holders_with_copy(peers[0], oid)
     assert len(holding) == 3
     # The owner goes first when it holds a copy (repair must not need it); peers[0] watches.
+    # A grace of 6 s keeps the loss visible long enough for a CLI poll to see it before repair.
     owner = peers[2].peer_id
     gone = [by_id[p] for p in sorted(holding, key=lambda p: p != owner) if by_id[p] is not peers[0]][:2]
     ports = {d.home.name: d.port for d in gone}

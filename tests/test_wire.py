@@ -91,7 +91,7 @@ def test_wrong_protocol_version_closes_both_sides() -> None:
 def test_pipelined_requests_responses_and_cancel() -> None:
     a, b, _, _ = connected()
     events(a), events(b)
-    ids = [a.request(m.GetBlock(a.new_id(), bytes([i]) * 32)) for i in range(5)]
+    ids = [a.request(m.GetBlock(a.new_id(), bytes([i]) * 32), 0.0) for i in range(5)]
     a.cancel(ids[4])
     pump(a, b)
     reqs = [e for e in events(b) if isinstance(e, Request)]
@@ -110,19 +110,31 @@ def test_pipelined_requests_responses_and_cancel() -> None:
 def test_ping_is_answered_by_the_state_machine_and_timeouts_fire() -> None:
     a, b, _, _ = connected()
     events(a)
-    rid = a.request(m.Ping(a.new_id()))
+    rid = a.request(m.Ping(a.new_id()), 0.0)
     pump(a, b)
     assert events(a) == [Response(rid, m.Pong(rid))]
-    lost = a.request(m.GetBlock(a.new_id(), b"\x00" * 32), timeout=5.0)
+    lost = a.request(m.GetBlock(a.new_id(), b"\x00" * 32), 0.0, timeout=5.0)
     assert a.next_timer() == 5.0
     a.handle_timer(5.0)
     assert events(a) == [Timeout(lost)]
 
 
+def test_a_request_after_a_quiet_spell_gets_its_whole_timeout() -> None:
+    # The deadline counts from when the request is sent: a link that received nothing for 20 s
+    # must not give a 15 s ping a deadline already past (it dropped healthy idle links).
+    a, b, _, _ = connected()
+    events(a)
+    rid = a.request(m.Ping(a.new_id()), 20.0, timeout=15.0)
+    assert a.next_timer() == 35.0
+    a.handle_timer(20.001)
+    pump(a, b)
+    assert events(a) == [Response(rid, m.Pong(rid))]
+
+
 def test_inflight_limit_answers_busy() -> None:
     a, b, _, _ = connected(limits=Limits(max_inflight=2))
     events(a)
-    ids = [a.request(m.GetBlock(a.new_id(), b"\x01" * 32)) for _ in range(3)]
+    ids = [a.request(m.GetBlock(a.new_id(), b"\x01" * 32), 0.0) for _ in range(3)]
     pump(a, b)
     responses = [e for e in events(a) if isinstance(e, Response)]
     assert responses == [Response(ids[2], m.Error(ids[2], "busy", "too many requests in flight"))]
@@ -131,7 +143,7 @@ def test_inflight_limit_answers_busy() -> None:
 def test_answer_with_a_different_block_closes_connection() -> None:
     a, b, _, _ = connected()
     events(a), events(b)
-    rid = a.request(m.GetBlock(a.new_id(), b"\x01" * 32))
+    rid = a.request(m.GetBlock(a.new_id(), b"\x01" * 32), 0.0)
     pump(a, b)
     assert isinstance(events(b)[0], Request)
     b.respond(rid, m.BlockData(rid, b"\x02" * 32), b"data")
@@ -239,7 +251,7 @@ def test_cancel_keeps_the_slot_until_the_handler_finishes() -> None:
     a, b, _, _ = connected(limits=Limits(max_inflight=2))
     events(a), events(b)
     for _ in range(5):  # get + cancel must not let the peer exceed max_inflight running handlers
-        rid = a.request(m.GetBlock(a.new_id(), b"\x03" * 32))
+        rid = a.request(m.GetBlock(a.new_id(), b"\x03" * 32), 0.0)
         a.cancel(rid)
     pump(a, b)
     requests = [e for e in events(b) if isinstance(e, Request)]
@@ -253,7 +265,7 @@ def test_cancel_keeps_the_slot_until_the_handler_finishes() -> None:
 def test_timeout_cancels_at_the_peer() -> None:
     a, b, _, _ = connected()
     events(a), events(b)
-    a.request(m.GetBlock(a.new_id(), b"\x04" * 32), timeout=1.0)
+    a.request(m.GetBlock(a.new_id(), b"\x04" * 32), 0.0, timeout=1.0)
     pump(a, b)
     a.handle_timer(2.0)
     pump(a, b)

@@ -69,7 +69,7 @@ def test_a_payload_nobody_asked_for_is_skipped_unbuffered() -> None:
 def test_an_answer_with_the_wrong_block_closes_before_its_payload_is_read() -> None:
     a, b, _, _ = connected()
     rid = a.new_id()
-    a.request(m.GetBlock(rid, b"\3" * 32))
+    a.request(m.GetBlock(rid, b"\3" * 32), 0.0)
     pump(a, b)
     data = b"".join(m.encode_frame(m.BlockData(rid, b"\4" * 32), os.urandom(100_000)))
     a.receive_data(record(b, data[:RECORD_PLAINTEXT]), 0.0)
@@ -79,7 +79,7 @@ def test_an_answer_with_the_wrong_block_closes_before_its_payload_is_read() -> N
 def test_a_requested_block_arrives_whole_over_many_records() -> None:
     a, b, _, _ = connected()
     rid = a.new_id()
-    a.request(m.GetBlock(rid, b"\5" * 32))
+    a.request(m.GetBlock(rid, b"\5" * 32), 0.0)
     pump(a, b)
     events(a)
     payload = os.urandom(1024 * 1024)

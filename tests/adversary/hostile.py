@@ -221,7 +221,7 @@ class Hostile:
 
     def call(self, msg: m.Request, timeout: float = 20.0) -> m.Message:
         """A request answered in order; reads (and drops) everything else meanwhile."""
-        self.conn.request(msg, timeout)
+        self.conn.request(msg, time.monotonic(), timeout)
         self.flush()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -47,7 +47,7 @@ def test_audit_flood_is_rate_limited(daemons: Callable[..., Daemon], make_file: 
         with Hostile(address, source=ATTACKER) as h:
             for first in range(0, AUDITS, BATCH):
                 for i in range(first, first + BATCH):
-                    h.conn.request(m.Audit(h.conn.new_id(), block, i % leaves), timeout=60)
+                    h.conn.request(m.Audit(h.conn.new_id(), block, i % leaves), time.monotonic(), timeout=60)
                 h.flush()
                 h.pump(0.05)
             deadline = time.monotonic() + 30

@@ -235,6 +235,17 @@ class PeerLink(asyncio.BufferedProtocol):
         """Wait until the socket accepts more data (backpressure for servers)."""
         await self._writable.wait()
 
+    def state_line(self) -> str:
+        """What the link is doing, for a log line when it looks dead (which side stopped what)."""
+        t = self._transport
+        queued = t.get_write_buffer_size() if t is not None else 0
+        reading = t.is_reading() if t is not None else False
+        return (
+            f"in {self.conn.bytes_in} B, out {self.conn.bytes_out} B, {queued} B queued, "
+            f"reading {reading} (stalled {self._stalled}, busy {self._busy}), "
+            f"writable {self._writable.is_set()}, {len(self._pending)} asked, {len(self._handlers)} answering"
+        )
+
     def close(self, reason: str = "bye") -> None:
         """End the connection politely."""
         self.conn.close(reason)
@@ -250,7 +261,7 @@ class PeerLink(asyncio.BufferedProtocol):
             raise PeerError(f"connection to {self._name()} is {self.conn.state.value}")
         fut: asyncio.Future[c.Response] = self._loop.create_future()
         self._pending[msg.id] = fut
-        self.conn.request(msg, timeout)
+        self.conn.request(msg, self._loop.time(), timeout)
         self._pump()
         try:
             return await fut

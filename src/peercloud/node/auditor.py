@@ -179,7 +179,9 @@ async def audit(link: PeerLink, manifest: Manifest, h: Holding) -> tuple[bool | 
     proved_before = set(indexes_from_bitmap(h.confirmed, len(blocks)))
     fresh = [i for i in claimed if i not in proved_before]
     old = [i for i in claimed if i in proved_before]
-    sample = random.sample(fresh, min(AUDIT_BATCH, len(fresh))) + random.sample(old, min(REAUDIT_SAMPLE, len(old)))
+    # While a claim is being proved pass after pass, every challenge goes to blocks not proved
+    # yet; proved blocks are re-checked once the whole claim is (at each AUDIT_INTERVAL).
+    sample = random.sample(fresh, min(AUDIT_BATCH, len(fresh))) or random.sample(old, min(REAUDIT_SAMPLE, len(old)))
     verdicts: dict[int, bool | None] = {}
     gate = asyncio.Semaphore(CHALLENGES_IN_FLIGHT)
 

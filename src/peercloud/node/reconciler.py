@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peercloud.cloud.document import CloudDoc
+from peercloud.cloud.holders import View, holder_view
 from peercloud.cloud.keepers import Tags, releasable
 from peercloud.cloud.ledger import bit_count
 from peercloud.cloud.placement import Candidate, Plan, peer_hash, plan, rank, rank_of
@@ -44,16 +45,6 @@ PAGE = 1000  # catalog entries planned per step of a round
 
 
 @dataclass
-class View:
-    """Peer → proved full columns: `kept` online, `present` online or away within the grace,
-    `provisional` an owner's fresh EC shares (online)."""
-
-    kept: dict[bytes, set[int]]
-    present: dict[bytes, set[int]]
-    provisional: dict[bytes, set[int]]
-
-
-@dataclass
 class _Round:
     doc: CloudDoc
     online: set[bytes]
@@ -68,29 +59,6 @@ def column_bytes(entry: CatalogEntry) -> int:
     """Approximate bytes of one share column (a full copy for replicated objects)."""
     segments = max(1, entry.total_blocks // max(1, entry.n))
     return -(-entry.size // entry.k) + 16 * segments
-
-
-def _bits(bitmap: bytes, total: int) -> int:
-    """The first `total` bits of a bitmap as an integer (bit i of the object = bit total-1-i)."""
-    padded = bitmap[: (total + 7) // 8].ljust((total + 7) // 8, b"\0")
-    return int.from_bytes(padded, "big") >> (-total % 8)
-
-
-def columns_of(bits: int, total: int, n: int) -> set[int]:
-    """Columns held in full by these block bits: one comparison for a replicated object."""
-    if total <= 0:
-        return set()
-    if n == 1:
-        return {0} if bits == (1 << total) - 1 else set()
-    return full_columns([i for i in range(total) if bits >> (total - 1 - i) & 1], n, total // n)
-
-
-def full_columns(indexes: list[int], n: int, segments: int) -> set[int]:
-    """Columns (share numbers) of which every segment's block is among `indexes`."""
-    counts = [0] * n
-    for i in indexes:
-        counts[i % n] += 1
-    return {j for j in range(n) if counts[j] >= segments > 0}
 
 
 class Reconciler:
@@ -149,41 +117,8 @@ class Reconciler:
         rows: list[Holding],
         local: InventoryItem | None,
     ) -> View:
-        """Members' proved full columns of an object, as this node sees them.
-
-        Copies pinned by hand are extras on top of the class, and blocks a get left behind are
-        a cache: placement neither counts nor releases them (the ledger's health does count them).
-        """
-        total, n = entry.total_blocks, entry.n
-        view = View({}, {}, {})
-        members = self._members(doc)
-        if local is not None and not local.pinned:
-            cols = columns_of(_bits(local.bitmap, total), total, n)
-            if cols and local.provisional:
-                view.provisional[self.me] = cols
-            elif cols:
-                view.kept[self.me] = view.present[self.me] = cols
-        for h in rows:
-            if h.peer_id not in members or h.failed_at is not None or h.pinned:
-                continue  # outsiders, failed audits and copies pinned by hand are not the cloud's
-            here = h.peer_id in online
-            if not here and (h.provisional or self.offline_for(h.peer_id) > grace):
-                continue
-            claimed = _bits(h.bitmap, total)
-            # Claimed and not audited yet (a node that just joined or restarted): counted as
-            # present for planning, so no placement storm, but never as a keeper until proved.
-            if here and h.checked_at is None and not h.provisional and (cols := columns_of(claimed, total, n)):
-                view.present[h.peer_id] = cols
-            cols = columns_of(claimed & _bits(h.confirmed, total), total, n)
-            if not cols:
-                continue
-            if h.provisional:
-                view.provisional[h.peer_id] = cols
-                continue
-            view.present[h.peer_id] = cols
-            if here:
-                view.kept[h.peer_id] = cols
-        return view
+        """Members' proved full columns of an object, as this node sees them (`cloud/holders.py`)."""
+        return holder_view(self.me, self._members(doc), online, self.offline_for, grace, entry, rows, local)
 
     def _hearing(self, online: set[bytes]) -> bool:
         """True while this node is catching up (just started or joined) and an online member's

@@ -235,7 +235,10 @@ class PeerManager:
             try:
                 await link.ping(timeout=KEEPALIVE)
             except PeerError:
+                if link.conn.state is not State.OPEN:
+                    return
                 misses = 0 if link.conn.bytes_in > before else misses + 1
+                log.info("ping to %s unanswered (%d silent): %s", link.peer_id, misses, link.state_line())
                 if misses >= KEEPALIVE_MISSES:
                     link.close("keepalive: no answer to ping")
                     return

@@ -196,9 +196,14 @@ class PeerConnection:
 
     # -- sending
 
-    def request(self, msg: m.Request, timeout: float | None = None) -> int:
-        """Send a request; its answer arrives as Response(id) or Timeout(id)."""
+    def request(self, msg: m.Request, now: float, timeout: float | None = None) -> int:
+        """Send a request at time `now`; its answer arrives as Response(id) or Timeout(id).
+
+        The deadline counts from `now`, not from the last byte received: on a link quiet for
+        longer than the timeout that would be a deadline already past.
+        """
         self._require_open()
+        self.now = max(self.now, now)
         deadline = self.now + (timeout if timeout is not None else self.limits.request_timeout)
         self._outstanding[msg.id] = _Outstanding(msg, deadline)
         self._send_frame(msg)
