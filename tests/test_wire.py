@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peercloud.identity import Identity
+from peercloud.wire import frames
 from peercloud.wire import messages as m
 from peercloud.wire.connection import (
     Closed,
@@ -197,7 +198,7 @@ def test_garbage_after_handshake_closes_cleanly(garbage: bytes) -> None:
 def test_frame_decoder_rejects_garbage_headers(header: bytes, payload: bytes) -> None:
     frame = struct.pack(">IH", 2 + len(header) + len(payload), len(header)) + header + payload
     try:
-        out = m.FrameDecoder().feed(frame)
+        out = frames.FrameDecoder().feed(frame)
     except m.ProtocolError:
         return
     assert len(out) == 1
@@ -215,8 +216,8 @@ def test_frame_decoder_rejects_garbage_headers(header: bytes, payload: bytes) ->
     split=st.integers(1, 50),
 )
 def test_frames_round_trip_in_any_chunking(msg: m.Message, split: int) -> None:
-    data = b"".join(m.encode_frame(msg))
-    decoder = m.FrameDecoder()
+    data = b"".join(frames.encode_frame(msg))
+    decoder = frames.FrameDecoder()
     got = []
     for i in range(0, len(data), split):
         got += decoder.feed(data[i : i + split])
@@ -225,12 +226,12 @@ def test_frames_round_trip_in_any_chunking(msg: m.Message, split: int) -> None:
 
 def test_frame_limits() -> None:
     with pytest.raises(m.ProtocolError, match="exceeds the limit"):
-        m.FrameDecoder().feed(struct.pack(">IH", m.MAX_FRAME_BODY + 1, 10))
+        frames.FrameDecoder().feed(struct.pack(">IH", frames.MAX_FRAME_BODY + 1, 10))
     with pytest.raises(m.ProtocolError, match="header or payload length"):
-        m.FrameDecoder().feed(struct.pack(">IH", 5, 10))
+        frames.FrameDecoder().feed(struct.pack(">IH", 5, 10))
     ping = msgpack.packb({"t": "ping", "id": 1})
     with pytest.raises(m.ProtocolError, match="payload"):
-        m.FrameDecoder().feed(struct.pack(">IH", 2 + len(ping) + 3, len(ping)) + ping + b"abc")
+        frames.FrameDecoder().feed(struct.pack(">IH", 2 + len(ping) + 3, len(ping)) + ping + b"abc")
     for bad in (
         {"t": "ping", "id": 0},
         {"t": "get", "id": 1, "block": b"short"},

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercloud.wire import batches
+from peercloud.wire import batches, frames
 from peercloud.wire import messages as m
 from peercloud.wire.connection import RECORD_PLAINTEXT, Closed, PeerConnection, Response, State
 
@@ -42,7 +42,7 @@ def test_tiny_records_inside_a_frame_close_the_connection_at_once() -> None:
 
 def test_reassembly_is_linear_in_the_bytes_received() -> None:
     """A frame cut in many full records costs each byte once (the old decoder re-joined every piece)."""
-    decoder = m.FrameDecoder()
+    decoder = frames.FrameDecoder()
     payload = os.urandom(4 * 1024 * 1024)
     header = msgpack.packb({"t": "block", "id": 1, "block": b"\1" * 32})
     frame = struct.pack(">IH", 2 + len(header) + len(payload), len(header)) + header + payload
@@ -59,7 +59,7 @@ def test_a_payload_nobody_asked_for_is_skipped_unbuffered() -> None:
     events(a)
     events(b)
     # b answers a GetBlock that a never sent: the payload is dropped as it streams, nothing is delivered.
-    data = b"".join(m.encode_frame(m.BlockData(77, b"\2" * 32), os.urandom(200_000)))
+    data = b"".join(frames.encode_frame(m.BlockData(77, b"\2" * 32), os.urandom(200_000)))
     for i in range(0, len(data), RECORD_PLAINTEXT):
         a.receive_data(record(b, data[i : i + RECORD_PLAINTEXT]), 0.0)
         assert a._frames._payload is None  # never buffered
@@ -71,7 +71,7 @@ def test_an_answer_with_the_wrong_block_closes_before_its_payload_is_read() -> N
     rid = a.new_id()
     a.request(m.GetBlock(rid, b"\3" * 32), 0.0)
     pump(a, b)
-    data = b"".join(m.encode_frame(m.BlockData(rid, b"\4" * 32), os.urandom(100_000)))
+    data = b"".join(frames.encode_frame(m.BlockData(rid, b"\4" * 32), os.urandom(100_000)))
     a.receive_data(record(b, data[:RECORD_PLAINTEXT]), 0.0)
     assert a.state is State.CLOSED
 

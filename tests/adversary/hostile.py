@@ -30,8 +30,8 @@ from typing import Any
 from peercloud.identity import Identity
 from peercloud.net.link import Address, PeerError, PeerLink, dial
 from peercloud.wire import connection as c
+from peercloud.wire import frames, noise
 from peercloud.wire import messages as m
-from peercloud.wire import noise
 
 HELLO = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have", "cloud", "audit"), "hostile")
 RECORD_MAX = noise.MAX_MESSAGE - noise.TAGLEN  # plaintext bytes that fit one transport record
@@ -59,7 +59,7 @@ def encrypt_record(conn: c.PeerConnection, plaintext: bytes | memoryview) -> byt
 
 def frame_bytes(msg: m.Message, payload: bytes | memoryview = b"") -> bytes:
     """A whole frame as one buffer."""
-    return b"".join(m.encode_frame(msg, payload))
+    return b"".join(frames.encode_frame(msg, payload))
 
 
 def frame_head(msg: m.Message, payload_length: int) -> bytes:

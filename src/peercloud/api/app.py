@@ -19,7 +19,6 @@ no longer change the status (200 is already on the wire), so it ends the stream 
 """
 
 import asyncio
-import html
 import json
 import logging
 import secrets
@@ -33,85 +32,27 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peercloud import __version__
 from peercloud.api import views
-from peercloud.cloud.classes import DEFAULT_GRACE, StorageClass
+from peercloud.api.docs import docs_html
+from peercloud.api.models import (
+    AddRequest,
+    ClassRequest,
+    CloudCreateRequest,
+    GetRequest,
+    InviteRequest,
+    JoinRequest,
+    PeerRequest,
+    PinRequest,
+    UnpinRequest,
+)
+from peercloud.cloud.classes import StorageClass
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.node.service import NodeService
 from peercloud.swarm.peers import parse_peer
-
-
-class AddRequest(BaseModel):
-    """Add the file at `path` (on the daemon's machine)."""
-
-    path: str
-    storage_class: str | None = None
-    convergent: bool = False
-
-
-class GetRequest(BaseModel):
-    """Fetch `cap` and write it to `output` (None: its known name in `cwd`)."""
-
-    cap: str
-    output: str | None = None
-    cwd: str | None = None
-
-
-class PinRequest(BaseModel):
-    """Fetch and keep every block of the object named by `cap`."""
-
-    cap: str
-
-
-class PeerRequest(BaseModel):
-    """PEERID@HOST:PORT."""
-
-    peer: str
-
-
-class UnpinRequest(BaseModel):
-    """Drop this node's copy of the object named by `cap`."""
-
-    cap: str
-
-
-class CloudCreateRequest(BaseModel):
-    """Found a cloud named `name`; this node offers `offer` bytes with `tags` (KEY=VALUE)."""
-
-    name: str
-    offer: int
-    tags: list[str] = []
-
-
-class InviteRequest(BaseModel):
-    """Issue a one-time invite, valid for `expires` seconds (None: until used)."""
-
-    expires: float | None = None
-
-
-class JoinRequest(BaseModel):
-    """Join with an invite token, offering `offer` bytes with `tags`."""
-
-    token: str
-    offer: int
-    tags: list[str] = []
-
-
-class ClassRequest(BaseModel):
-    """A storage class: `replicas` (with `max`) or an erasure code `k`+`m`."""
-
-    name: str
-    replicas: int = 0
-    max: int = 0
-    k: int = 0
-    m: int = 0
-    spread: str = ""
-    grace: float = DEFAULT_GRACE
-
 
 log = logging.getLogger(__name__)
 
@@ -148,41 +89,6 @@ def _file_size(path: Path) -> int | None:
         return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
-
-
-def _docs_html(title: str, token: str) -> str:
-    """Swagger UI with local assets; its requests carry the token as the Bearer header."""
-    # JSON is valid JavaScript; escaping <, > and & keeps the string from closing the <script>
-    js_token = json.dumps(token).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(title)}</title>
-<link rel="stylesheet" href="/docs/assets/swagger-ui.css">
-<link rel="icon" type="image/png" href="/docs/assets/favicon.png">
-</head>
-<body>
-<div id="swagger-ui"></div>
-<script src="/docs/assets/swagger-ui-bundle.js"></script>
-<script>
-const token = {js_token};
-window.ui = SwaggerUIBundle({{
-  url: "/openapi.json",
-  dom_id: "#swagger-ui",
-  layout: "BaseLayout",
-  deepLinking: true,
-  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
-  requestInterceptor: (request) => {{
-    if (!request.headers.Authorization) request.headers.Authorization = "Bearer " + token;
-    return request;
-  }},
-}});
-</script>
-</body>
-</html>
-"""
 
 
 def create_app(service: NodeService, token: str) -> FastAPI:
@@ -309,7 +215,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         """Swagger UI; a browser opens /docs?token=… and keeps the token in a cookie for the assets."""
         docs_authorized(request, query=True)
         page = HTMLResponse(
-            _docs_html(app.title, token),
+            docs_html(app.title, token),
             headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"},
         )
         page.set_cookie(DOCS_COOKIE, token, path="/docs", httponly=True, samesite="strict")

@@ -43,8 +43,6 @@ _GUARDED_IMPORT = quiet_interrupts()  # the console script imports this module f
 import http.client
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +51,8 @@ from rich.table import Table
 
 from peercloud import __version__
 from peercloud.cli import cloud as cloud_commands
-from peercloud.cli.backend import Backend, open_backend
+from peercloud.cli import peers as peers_commands
+from peercloud.cli.backend import open_backend
 from peercloud.cli.output import JsonFlag, block_map, err, node_home, out, print_json, progress_bar
 from peercloud.errors import PeercloudError
 from peercloud.identity import Identity
@@ -73,19 +72,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-peers_app = typer.Typer(help="Peers this node connects to.", invoke_without_command=True)
-app.add_typer(peers_app, name="peers")
+app.add_typer(peers_commands.peers_app, name="peers")
 app.add_typer(cloud_commands.cloud_app, name="cloud")
 app.add_typer(cloud_commands.class_app, name="class")
-
-
-@contextmanager
-def _backend(ctx: typer.Context) -> Iterator[Backend]:
-    backend = open_backend(node_home(ctx))
-    try:
-        yield backend
-    finally:
-        backend.close()
 
 
 def _version(value: bool) -> None:
@@ -168,7 +157,7 @@ def add(
     json: JsonFlag = False,
 ) -> None:
     """Add a file as a new object; prints its object ID and read cap."""
-    with _backend(ctx) as backend, progress_bar(f"add {file.name}") as progress:
+    with open_backend(node_home(ctx)) as backend, progress_bar(f"add {file.name}") as progress:
         data = backend.add(file, storage_class, convergent, progress)
     if json:
         print_json(data)
@@ -186,7 +175,7 @@ def get(
     json: JsonFlag = False,
 ) -> None:
     """Fetch an object (from peers when the daemon runs), verify every block, decrypt, write atomically."""
-    with _backend(ctx) as backend, progress_bar("get") as progress:
+    with open_backend(node_home(ctx)) as backend, progress_bar("get") as progress:
         data = backend.get(cap, output, progress)
     if json:
         print_json(data)
@@ -201,7 +190,7 @@ def pin(
     json: JsonFlag = False,
 ) -> None:
     """Fetch and keep every block of an object (a verify cap is enough): its redundancy rises by one."""
-    with _backend(ctx) as backend, progress_bar("pin") as progress:
+    with open_backend(node_home(ctx)) as backend, progress_bar("pin") as progress:
         data = backend.pin(obj, progress)
     if json:
         print_json(data)
@@ -212,7 +201,7 @@ def pin(
 @app.command("ls")
 def list_objects(ctx: typer.Context, json: JsonFlag = False) -> None:
     """List objects known to this node, with size, class and % held locally."""
-    with _backend(ctx) as backend:
+    with open_backend(node_home(ctx)) as backend:
         rows = backend.objects()
     if json:
         print_json(rows)
@@ -233,7 +222,7 @@ def info(
     json: JsonFlag = False,
 ) -> None:
     """Show an object's manifest summary and what this node holds of it."""
-    with _backend(ctx) as backend:
+    with open_backend(node_home(ctx)) as backend:
         d = backend.info(obj)
     if json:
         print_json(d)
@@ -265,7 +254,7 @@ def status(
     json: JsonFlag = False,
 ) -> None:
     """The ledger: an object's block-by-holder map and health, every object's health, or the node."""
-    with _backend(ctx) as backend:
+    with open_backend(node_home(ctx)) as backend:
         data = backend.node_status() if node else backend.status(obj) if obj else backend.summary()
     if json:
         print_json(data)
@@ -284,7 +273,7 @@ def unpin(
     json: JsonFlag = False,
 ) -> None:
     """Drop this node's copy of an object, unless that would leave it below its class minimum."""
-    with _backend(ctx) as backend:
+    with open_backend(node_home(ctx)) as backend:
         data = backend.unpin(obj)
     if json:
         print_json(data)
@@ -363,64 +352,10 @@ def _print_object_status(d: dict[str, Any]) -> None:
     out.print(table)
 
 
-@peers_app.callback()
-def peers(ctx: typer.Context, json: JsonFlag = False) -> None:
-    """List peers: ID, address, connected?, RTT, traffic, blocks of our objects they hold."""
-    if ctx.invoked_subcommand is not None:
-        return
-    with _backend(ctx) as backend:
-        rows = backend.peers()
-    if json:
-        print_json(rows)
-        return
-    if not rows:
-        out.print("No peers yet. Add one with `peercloud peers add PEERID@HOST:PORT`.")
-        return
-    table = Table("peer", "address", "connected", "rtt", "in / out", "blocks held", box=None)
-    for col in table.columns:
-        col.no_wrap = True
-    for r in rows:
-        rtt = f"{r['rtt_ms']:.1f} ms" if r["rtt_ms"] is not None else "-"
-        state = "banned" if r["banned"] else r["path"] if r["connected"] else "no"
-        table.add_row(
-            r["peer_id"][:13],
-            r["address"] or "-",
-            state,
-            rtt,
-            f"{format_size(r['bytes_in'])} / {format_size(r['bytes_out'])}",
-            str(r["blocks_held"]),
-        )
-    out.print(table)
-
-
-@peers_app.command("add")
-def peers_add(
-    ctx: typer.Context, peer: Annotated[str, typer.Argument(help="PEERID@HOST:PORT")], json: JsonFlag = False
-) -> None:
-    """Remember a peer and keep connecting to it (with backoff)."""
-    with _backend(ctx) as backend:
-        data = backend.add_peer(peer)
-    if json:
-        print_json(data)
-    else:
-        out.print(f"Added peer {data['peer_id']} at {data['address']}")
-
-
-@peers_app.command("rm")
-def peers_rm(ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID")], json: JsonFlag = False) -> None:
-    """Forget a peer and disconnect from it."""
-    with _backend(ctx) as backend:
-        data = backend.remove_peer(peer)
-    if json:
-        print_json(data)
-    else:
-        out.print(f"Removed peer {data['removed']}")
-
-
 @app.command()
 def fsck(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Verify every stored block; quarantine bad ones. Exit code 1 when damage was found."""
-    with _backend(ctx) as backend:
+    with open_backend(node_home(ctx)) as backend:
         report = backend.fsck()
     if json:
         print_json(report)

@@ -3,7 +3,8 @@
 Both return the same JSON-shaped dicts (api/views.py), so every command renders one way.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,8 +15,8 @@ from peercloud.cloud.ledger import ObjectStatus
 from peercloud.errors import DaemonNeededError, NotFoundError
 from peercloud.identity import PeerId
 from peercloud.node.home import NodeHome
+from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
-from peercloud.node.service import known_objects, ledger_view
 from peercloud.swarm.peers import PeerInfo, parse_peer
 
 Progress = Callable[[str, int], None]
@@ -245,8 +246,13 @@ class DaemonBackend:
         return result
 
 
-def open_backend(home: NodeHome) -> Backend:
-    """The daemon when one runs for this home, else the home directly."""
+@contextmanager
+def open_backend(home: NodeHome) -> Iterator[Backend]:
+    """The daemon when one runs for this home, else the home directly; closed after the command."""
     home.require()
     client = DaemonClient.find(home)
-    return DaemonBackend(client) if client is not None else LocalBackend(home)
+    backend: Backend = DaemonBackend(client) if client is not None else LocalBackend(home)
+    try:
+        yield backend
+    finally:
+        backend.close()

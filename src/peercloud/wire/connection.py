@@ -23,6 +23,7 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from peercloud.identity import Identity, PeerId
+from peercloud.wire import frames
 from peercloud.wire import messages as m
 from peercloud.wire.noise import MAX_MESSAGE, TAGLEN, CipherState, Handshake, NoiseError
 
@@ -129,7 +130,7 @@ class PeerConnection:
         self._inbuf = bytearray()
         self._out: list[bytes | memoryview] = []
         self._events: deque[Event] = deque()
-        self._frames = m.FrameDecoder(self._accept)
+        self._frames = frames.FrameDecoder(self._accept)
         self._next_id = 1
         self._outstanding: dict[int, _Outstanding] = {}
         self._inflight_from_peer: set[int] = set()
@@ -278,7 +279,7 @@ class PeerConnection:
 
     def _send_frame(self, msg: m.Message, payload: bytes | memoryview = b"") -> None:
         assert self._send is not None
-        plain = b"".join(m.encode_frame(msg, payload))
+        plain = b"".join(frames.encode_frame(msg, payload))
         view = memoryview(plain)
         for start in range(0, len(view), RECORD_PLAINTEXT):
             ct = self._send.encrypt(b"", view[start : start + RECORD_PLAINTEXT])

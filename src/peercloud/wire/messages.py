@@ -1,16 +1,10 @@
-"""Peer messages: dataclasses, their msgpack headers, and the frame that carries them.
-
-A frame (inside the encrypted channel) is:
-
-    u32 body length | u16 header length | msgpack header | raw payload
+"""Peer messages: dataclasses and their msgpack headers (`frames.py` carries them).
 
 The header is a map with the message type under "t" and the message's fields. Only BLOCK
 carries a payload: block bytes travel raw after the header, never re-encoded. Every decoder
 here reads untrusted bytes: sizes are bounded, and every field is type-checked.
 """
 
-import struct
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
@@ -21,10 +15,8 @@ from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE
 PROTOCOL_VERSION = 1
 MAX_HEADER = 64 * 1024
 MAX_PAYLOAD = max(MAX_SEGMENT_SIZE + 16, MAX_MANIFEST_SIZE)
-MAX_FRAME_BODY = 2 + MAX_HEADER + MAX_PAYLOAD
 HAVE_PIECE = 32 * 1024  # bitmap bytes per HAVE message
 MAX_HAVE_BITMAP = MAX_MANIFEST_SIZE // 32 // 8  # one bit per block a manifest can list
-_FRAME_HEAD = struct.Struct(">IH")
 
 
 class ProtocolError(Exception):
@@ -305,14 +297,6 @@ def encode_header(msg: Message) -> bytes:
     return data
 
 
-def encode_frame(msg: Message, payload: bytes | memoryview = b"") -> list[bytes | memoryview]:
-    """A frame as a list of buffers (the payload is not copied)."""
-    header = encode_header(msg)
-    if len(header) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
-        raise ValueError("message too large for a frame")
-    return [_FRAME_HEAD.pack(2 + len(header) + len(payload), len(header)), header, payload]
-
-
 def _check(name: str, value: Any, hint: Any) -> Any:
     origin = get_origin(hint)
     if origin is tuple:
@@ -393,98 +377,3 @@ def _validate(msg: Message) -> None:
         len(msg.object) != 32 or len(msg.bitmap) > HAVE_PIECE or msg.offset + len(msg.bitmap) > MAX_HAVE_BITMAP
     ):
         raise ProtocolError("have: object ID must be 32 bytes and the bitmap within its limits")
-
-
-class FrameDecoder:
-    """Reassembles frames from a byte stream, each byte touched once whatever the pieces' sizes.
-
-    The frame head and header are parsed once, as soon as they are complete, and `accept` is
-    asked about the message before its payload is read: it may refuse it (raise ProtocolError)
-    or have the payload skipped unbuffered (return False, e.g. the answer to a request we
-    cancelled). A payload is then gathered into one growing buffer, or, when it arrives whole
-    in one piece, is a view of that piece: a 1 MiB block is copied at most once here.
-    """
-
-    def __init__(self, accept: Callable[[Message, int], bool] | None = None) -> None:
-        self._accept = accept
-        self._head = bytearray()  # frame head, then header, of the frame being read
-        self._msg: Message | None = None  # header decoded, payload still arriving
-        self._left = 0  # payload bytes still to come
-        self._keep = True
-        self._payload: bytearray | None = None
-
-    @property
-    def partial(self) -> bool:
-        """True while part of a frame has arrived and its end has not."""
-        return bool(self._head) or self._msg is not None
-
-    def feed(self, data: bytes | memoryview) -> list[tuple[Message, memoryview]]:
-        """Add bytes (which must not change afterwards); return every complete (message, payload)."""
-        view = memoryview(data)
-        pos, end = 0, len(view)
-        out: list[tuple[Message, memoryview]] = []
-        while pos < end:
-            if self._msg is None:
-                pos = self._read_header(view, pos, out)
-                continue
-            take = min(self._left, end - pos)
-            if not self._keep:
-                pass  # skipped: never buffered
-            elif self._payload is None and take == self._left:
-                out.append((self._msg, view[pos : pos + take]))  # whole in this piece: no copy
-                self._keep = False  # already delivered
-            else:
-                if self._payload is None:
-                    self._payload = bytearray()
-                self._payload += view[pos : pos + take]
-            pos += take
-            self._left -= take
-            if self._left == 0:
-                if self._keep and self._payload is not None:
-                    out.append((self._msg, memoryview(self._payload)))
-                self._msg, self._payload, self._keep = None, None, True
-        return out
-
-    def _read_header(self, view: memoryview, pos: int, out: list[tuple[Message, memoryview]]) -> int:
-        """Consume frame head and header from `view` at `pos`; returns the new position."""
-        head = self._head
-        if not head and len(view) - pos >= _FRAME_HEAD.size:
-            body_len, header_len = _FRAME_HEAD.unpack_from(view, pos)
-            _check_lengths(body_len, header_len)
-            if len(view) - pos >= _FRAME_HEAD.size + header_len:  # header in this piece: no copy
-                start = pos + _FRAME_HEAD.size
-                self._start(decode_header(view[start : start + header_len]), body_len - 2 - header_len, out)
-                return int(start + header_len)
-        need = _FRAME_HEAD.size - len(head)
-        if need <= 0:
-            body_len, header_len = _FRAME_HEAD.unpack_from(head)
-            need = _FRAME_HEAD.size + header_len - len(head)
-        take = min(need, len(view) - pos)
-        head += view[pos : pos + take]
-        pos += take
-        if len(head) < _FRAME_HEAD.size:
-            return pos
-        body_len, header_len = _FRAME_HEAD.unpack_from(head)
-        _check_lengths(body_len, header_len)
-        if len(head) == _FRAME_HEAD.size + header_len:
-            msg = decode_header(bytes(head[_FRAME_HEAD.size :]))
-            self._head = bytearray()
-            self._start(msg, body_len - 2 - header_len, out)
-        return pos
-
-    def _start(self, msg: Message, payload_len: int, out: list[tuple[Message, memoryview]]) -> None:
-        if payload_len and not isinstance(msg, BlockData | Proof):
-            raise ProtocolError(f"{msg.TYPE} must not carry a payload")
-        keep = self._accept(msg, payload_len) if self._accept is not None else True
-        if payload_len == 0:
-            if keep:
-                out.append((msg, memoryview(b"")))
-            return
-        self._msg, self._left, self._keep, self._payload = msg, payload_len, keep, None
-
-
-def _check_lengths(body_len: int, header_len: int) -> None:
-    if body_len > MAX_FRAME_BODY:
-        raise ProtocolError(f"frame of {body_len} bytes exceeds the limit of {MAX_FRAME_BODY}")
-    if header_len > MAX_HEADER or header_len + 2 > body_len or body_len - 2 - header_len > MAX_PAYLOAD:
-        raise ProtocolError("frame header or payload length invalid")

@@ -1,0 +1,73 @@
+"""The REST API's request bodies (pydantic models, so FastAPI validates them and documents them)."""
+
+from pydantic import BaseModel
+
+from peercloud.cloud.classes import DEFAULT_GRACE
+
+
+class AddRequest(BaseModel):
+    """Add the file at `path` (on the daemon's machine)."""
+
+    path: str
+    storage_class: str | None = None
+    convergent: bool = False
+
+
+class GetRequest(BaseModel):
+    """Fetch `cap` and write it to `output` (None: its known name in `cwd`)."""
+
+    cap: str
+    output: str | None = None
+    cwd: str | None = None
+
+
+class PinRequest(BaseModel):
+    """Fetch and keep every block of the object named by `cap`."""
+
+    cap: str
+
+
+class PeerRequest(BaseModel):
+    """PEERID@HOST:PORT."""
+
+    peer: str
+
+
+class UnpinRequest(BaseModel):
+    """Drop this node's copy of the object named by `cap`."""
+
+    cap: str
+
+
+class CloudCreateRequest(BaseModel):
+    """Found a cloud named `name`; this node offers `offer` bytes with `tags` (KEY=VALUE)."""
+
+    name: str
+    offer: int
+    tags: list[str] = []
+
+
+class InviteRequest(BaseModel):
+    """Issue a one-time invite, valid for `expires` seconds (None: until used)."""
+
+    expires: float | None = None
+
+
+class JoinRequest(BaseModel):
+    """Join with an invite token, offering `offer` bytes with `tags`."""
+
+    token: str
+    offer: int
+    tags: list[str] = []
+
+
+class ClassRequest(BaseModel):
+    """A storage class: `replicas` (with `max`) or an erasure code `k`+`m`."""
+
+    name: str
+    replicas: int = 0
+    max: int = 0
+    k: int = 0
+    m: int = 0
+    spread: str = ""
+    grace: float = DEFAULT_GRACE
