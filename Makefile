@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	@# The power-loss tests mount crashfs (tests/powerloss): FUSE 3 from apt, and a compiler for pyfuse3.
+	{ pkg-config --exists fuse3 && command -v fusermount3 && command -v gcc; } >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc libc6-dev; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -1,4 +1,4 @@
-"""Crash-safe file writes: temp file, fsync, rename, fsync of the directory."""
+"""Crash-safe file writes: temp file, fsync, rename; directory fsyncs where a name must survive."""
 
 import errno
 import fcntl
@@ -35,7 +35,12 @@ def write_file_durably(fd: int, data: bytes | memoryview) -> None:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a crash leaves either the old or the new file, never a mix."""
+    """Replace `path` with `data` so a crash leaves either the old or the new file, never a mix.
+
+    The data is durable before the rename; the rename itself is durable once the caller
+    fsyncs the directory (`fsync_dir`), which it does when the new name must survive a power
+    cut (`init` syncs the home once, last).
+    """
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -48,7 +53,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             os.close(fd)
         os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
 
 
 def _aligned_buffer(size: int) -> mmap.mmap:

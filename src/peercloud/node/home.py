@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peercloud.errors import NotFoundError
-from peercloud.fsutil import write_atomic
+from peercloud.fsutil import fsync_dir, write_atomic
 from peercloud.identity import Identity
 from peercloud.node.config import Config
 from peercloud.store.blockstore import BlockStore
@@ -69,7 +69,10 @@ class NodeHome:
 
     def init(self) -> bool:
         """Create the node home; returns False (and changes nothing) when it already exists."""
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for created in reversed(made):
+            fsync_dir(created.parent)  # the home's own name must survive a power cut too
         if self.exists():
             return False
         if not self.config_path.exists():

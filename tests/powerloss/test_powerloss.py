@@ -1,0 +1,221 @@
+"""Power cuts on crashfs: after each cut and a restart, nothing the node says it has is missing.
+
+Each scenario runs a real command (`peercloud init`, `add`, `get`, `fsck`) with the node home on
+crashfs, cuts the power at seeded operation numbers (plus once right after the command ended),
+remounts what reached the disk and checks: every block the index names is whole, `fsck` is
+clean, every listed object reads back identical, what a command that succeeded wrote is there,
+and the daemon starts. `PEERCLOUD_POWERLOSS_CUTS` sets the cuts per scenario (default 8).
+
+`test_every_sync_site_is_needed` runs the scenarios again with one fsync, directory fsync or
+SQLite setting taken out (`mutant.py`): each must make a check fail.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from peercloud.content import merkle
+from peercloud.identity import Identity
+from peercloud.node.home import NodeHome
+from peercloud.node.local import LocalNode
+
+from ..conftest import CLI_ENV, random_bytes
+from ..daemons import start_daemon
+from .harness import REPO, DurabilityLost, Outcome, power_cuts
+from .mutant import SITES
+
+CUTS = int(os.environ.get("PEERCLOUD_POWERLOSS_CUTS", "8"))
+Scenario = Callable[[Path, str | None, int], None]  # (tmp_path, mutated site or None, cuts)
+
+
+def cli(home: Path, *args: str, site: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI (with one sync site taken out when `site` is given)."""
+    command = [sys.executable, "-m", "tests.powerloss.mutant", site] if site else [sys.executable, "-m", "peercloud"]
+    return subprocess.run(
+        [*command, "--home", str(home), *args], capture_output=True, text=True, env=CLI_ENV, cwd=REPO, timeout=120
+    )
+
+
+def bad_blocks(home: Path) -> list[str]:
+    """Blocks the index names whose file is gone, partial or wrong (read outside any node code)."""
+    db = sqlite3.connect(f"file:{home / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id, size FROM blocks").fetchall()
+    finally:
+        db.close()
+    bad = []
+    for bid, size in rows:
+        path = home / "blocks" / bid.hex()[:2] / bid.hex()
+        data = path.read_bytes() if path.exists() else b""
+        if len(data) != size or merkle.block_id(data) != bid:
+            bad.append(bid.hex())
+    return bad
+
+
+def restart_checks(home: Path, sources: dict[str, bytes], expect: set[str], scratch: Path) -> None:
+    """The node after a cut: blocks whole, fsck clean, objects whole, `expect`ed names listed, daemon up."""
+    assert not bad_blocks(home), "the index names blocks the disk does not have whole"
+    with LocalNode(NodeHome(home)) as node:
+        report = node.fsck()
+        assert not report.damaged, f"fsck after the cut: {report}"
+        listed = {r.name: r for r in node.objects()}
+        for name, record in listed.items():
+            out = scratch / f"back-{name}"
+            out.unlink(missing_ok=True)
+            node.get(record.object_id.hex(), out)
+            assert out.read_bytes() == sources[name], f"{name} reads back different after the cut"
+            out.unlink()
+    missing = expect - set(listed)
+    assert not missing, f"finished before the cut, gone after it: {missing}"
+    assert start_daemon(home).stop() == 0
+
+
+def init_home(root: Path) -> Path:
+    """A backing folder with an initialized node home, all durable (written on the real disk)."""
+    assert cli(root / "home", "init").returncode == 0
+    return root
+
+
+def scenario_init(tmp_path: Path, site: str | None, cuts: int) -> None:
+    """`peercloud init`: once it said done, the home is complete; cut short, init again works."""
+    pristine = tmp_path / "pristine"
+    pristine.mkdir()
+
+    def workload(mnt: Path) -> bool:
+        return cli(mnt / "home", "init", site=site).returncode == 0
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        home = mnt / "home"
+        if not outcome.finished:
+            assert cli(home, "init").returncode == 0, "init cannot finish after a cut"
+        Identity.load(home / "node.key")
+        assert (home / "config.toml").exists(), "config.toml is gone"
+        tomllib.loads((home / "config.toml").read_text())
+        assert len((home / "convergence.secret").read_bytes()) == 32, "the convergence secret is not whole"
+        assert (home / "api.token").read_text().strip(), "the API token is empty"
+        assert all((home / d).is_dir() for d in ("blocks", "tmp", "quarantine")), "a store folder is gone"
+        assert start_daemon(home).stop() == 0
+
+    power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=10)
+
+
+def scenario_add(tmp_path: Path, site: str | None, cuts: int, cls: str = "replica-1") -> None:
+    """`peercloud add`: a visible object is whole; one the command reported added is there."""
+    src = tmp_path / "photo.bin"
+    data = random_bytes(5 * 1024 * 1024 + 123, seed=7)
+    src.write_bytes(data)
+    pristine = init_home(tmp_path / "pristine")
+
+    def workload(mnt: Path) -> bool:
+        return cli(mnt / "home", "add", str(src), "--class", cls, site=site).returncode == 0
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        restart_checks(mnt / "home", {"photo.bin": data}, {"photo.bin"} if outcome.finished else set(), tmp_path)
+
+    outcomes = power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=11)
+    assert outcomes[0].finished and outcomes[0].ops > 50
+    assert cuts == 0 or any(not o.finished for o in outcomes[1:])  # the cuts did interrupt it
+
+
+def scenario_get(tmp_path: Path, site: str | None, cuts: int) -> None:
+    """`peercloud get -o`: the output is whole or absent, never partial; after success it is there."""
+    src = tmp_path / "movie.bin"
+    data = random_bytes(3 * 1024 * 1024 + 5, seed=3)
+    src.write_bytes(data)
+    pristine = init_home(tmp_path / "pristine")
+    added = json.loads(cli(pristine / "home", "add", str(src), "--json").stdout)
+    (pristine / "out").mkdir()
+
+    def workload(mnt: Path) -> bool:
+        out = mnt / "out" / "movie.bin"
+        return cli(mnt / "home", "get", added["read_cap"], "-o", str(out), site=site).returncode == 0
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        out = mnt / "out" / "movie.bin"
+        if outcome.finished:
+            assert out.exists() and out.read_bytes() == data, "a get that succeeded left no whole file"
+        else:
+            assert not out.exists() or out.read_bytes() == data, "a partial file under the final name"
+        restart_checks(mnt / "home", {"movie.bin": data}, {"movie.bin"}, tmp_path)
+
+    assert power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=12)[0].finished
+
+
+def scenario_fsck(tmp_path: Path, site: str | None, cuts: int) -> None:
+    """`peercloud fsck` quarantining a rotten block: cut short, the next fsck finishes the job."""
+    src = tmp_path / "doc.bin"
+    src.write_bytes(random_bytes(2 * 1024 * 1024, seed=5))
+    pristine = init_home(tmp_path / "pristine")
+    home = pristine / "home"
+    assert cli(home, "add", str(src), "--class", "replica-1").returncode == 0
+    victim = next(p for p in sorted((home / "blocks").rglob("*")) if p.is_file() and p.stat().st_size > 1000)
+    victim.write_bytes(b"\0" * victim.stat().st_size)  # bit rot: fsck must quarantine it
+    (home / "tmp" / "leftover.tmp").write_bytes(b"x" * 100)
+
+    def workload(mnt: Path) -> bool:
+        return cli(mnt / "home", "fsck", site=site).returncode == 1  # damage found and quarantined
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        h = mnt / "home"
+        assert set(bad_blocks(h)) <= {victim.name}
+        with LocalNode(NodeHome(h)) as node:
+            first = node.fsck()  # finishes what the cut interrupted
+            assert {b.hex() for b in first.corrupt + first.missing} <= {victim.name}
+            second = node.fsck()
+            assert not second.corrupt and not second.missing
+        assert not bad_blocks(h)
+        assert start_daemon(h).stop() == 0
+
+    power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=13)
+
+
+def test_power_cut_during_init(tmp_path: Path) -> None:
+    scenario_init(tmp_path, None, CUTS)
+
+
+@pytest.mark.parametrize("cls", ["replica-1", "ec-2+1"])
+def test_power_cut_during_add(tmp_path: Path, cls: str) -> None:
+    scenario_add(tmp_path, None, CUTS, cls)
+
+
+def test_power_cut_during_get(tmp_path: Path) -> None:
+    scenario_get(tmp_path, None, CUTS)
+
+
+def test_power_cut_during_fsck_that_quarantines(tmp_path: Path) -> None:
+    scenario_fsck(tmp_path, None, CUTS)
+
+
+# Which scenario depends on each durability call (mutant.SITES lists them all).
+CATCHES: dict[str, Scenario] = {
+    "block-data": scenario_add,
+    "block-shard-dir": scenario_add,
+    "block-commit-dirs": scenario_add,
+    "sqlite-full": scenario_add,
+    "output-data": scenario_get,
+    "output-dir": scenario_get,
+    "key-data": scenario_init,
+    "key-dir": scenario_init,
+    "atomic-data": scenario_init,
+    "home-parent": scenario_init,
+}
+
+
+def test_every_sync_site_has_a_scenario() -> None:
+    assert set(CATCHES) == set(SITES)
+
+
+@pytest.mark.parametrize("site", sorted(SITES))
+def test_every_sync_site_is_needed(tmp_path: Path, site: str) -> None:
+    # The power goes right after the command succeeded: without this one call, what it said it
+    # made durable is not all there.
+    with pytest.raises(DurabilityLost) as lost:
+        CATCHES[site](tmp_path, site, 0)
+    assert lost.value.outcome.finished  # the command succeeded, and yet
