@@ -1,7 +1,7 @@
 """Power cuts on crashfs: after each cut and a restart, nothing the node says it has is missing.
 
-Each scenario runs a real command (`peercloud init`, `add`, `get`, `fsck`) with the node home on
-crashfs, cuts the power at seeded operation numbers (plus once right after the command ended),
+Each scenario runs a real command (`peercloud init`, `add`, `get`, `fsck`, and `pin` through a
+daemon whose home is on the cut disk) with the node home on crashfs, cuts the power at seeded operation numbers (plus once right after the command ended),
 remounts what reached the disk and checks: every block the index names is whole, `fsck` is
 clean, every listed object reads back identical, what a command that succeeded wrote is there,
 and the daemon starts. `PEERCLOUD_POWERLOSS_CUTS` sets the cuts per scenario (default 8).
@@ -10,6 +10,7 @@ and the daemon starts. `PEERCLOUD_POWERLOSS_CUTS` sets the cuts per scenario (de
 SQLite setting taken out (`mutant.py`): each must make a check fail.
 """
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -25,6 +26,7 @@ from peercloud.content import merkle
 from peercloud.identity import Identity
 from peercloud.node.home import NodeHome
 from peercloud.node.local import LocalNode
+from peercloud.node.process import start_daemon as launch
 
 from ..conftest import CLI_ENV, random_bytes
 from ..daemons import start_daemon
@@ -106,7 +108,7 @@ def scenario_init(tmp_path: Path, site: str | None, cuts: int) -> None:
     power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=10)
 
 
-def scenario_add(tmp_path: Path, site: str | None, cuts: int, cls: str = "replica-1") -> None:
+def scenario_add(tmp_path: Path, site: str | None, cuts: int, cls: str = "replica-1", torn: float = 0.0) -> None:
     """`peercloud add`: a visible object is whole; one the command reported added is there."""
     src = tmp_path / "photo.bin"
     data = random_bytes(5 * 1024 * 1024 + 123, seed=7)
@@ -119,7 +121,7 @@ def scenario_add(tmp_path: Path, site: str | None, cuts: int, cls: str = "replic
     def check(mnt: Path, outcome: Outcome) -> None:
         restart_checks(mnt / "home", {"photo.bin": data}, {"photo.bin"} if outcome.finished else set(), tmp_path)
 
-    outcomes = power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=11)
+    outcomes = power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=11, torn=torn)
     assert outcomes[0].finished and outcomes[0].ops > 50
     assert cuts == 0 or any(not o.finished for o in outcomes[1:])  # the cuts did interrupt it
 
@@ -176,17 +178,60 @@ def scenario_fsck(tmp_path: Path, site: str | None, cuts: int) -> None:
     power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=13)
 
 
+def scenario_pin(tmp_path: Path, site: str | None, cuts: int) -> None:
+    """A daemon on the cut disk pins an object from a peer (swarm fetch, HAVE rows, its peers table)."""
+    src = tmp_path / "album.bin"
+    data = random_bytes(3 * 1024 * 1024 + 77, seed=9)
+    src.write_bytes(data)
+    pristine = init_home(tmp_path / "pristine")
+    seeder_home = tmp_path / "seeder"
+    assert cli(seeder_home, "init").returncode == 0
+    added = json.loads(cli(seeder_home, "add", str(src), "--json").stdout)
+    name = added["object_id"][:12]  # a pinned object is listed under its ID
+    seeder = launch(seeder_home, log=open(tmp_path / "seeder.log", "ab"), verbose=True)  # noqa: SIM115
+    log = open(tmp_path / "pinner.log", "ab")  # noqa: SIM115 - the daemons' output, off the cut disk
+
+    def workload(mnt: Path) -> bool:
+        home = mnt / "home"
+        try:
+            pinner = launch(home, log=log, verbose=True)
+        except (RuntimeError, OSError):
+            return False  # the power went before it was up
+        try:
+            return (
+                cli(home, "peers", "add", seeder.address).returncode == 0
+                and cli(home, "pin", added["read_cap"]).returncode == 0
+            )
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                pinner.stop(timeout=10)
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        restart_checks(mnt / "home", {name: data}, {name} if outcome.finished else set(), tmp_path)
+
+    try:
+        assert power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=14)[0].finished
+    finally:
+        seeder.stop()
+        log.close()
+
+
 def test_power_cut_during_init(tmp_path: Path) -> None:
     scenario_init(tmp_path, None, CUTS)
 
 
-@pytest.mark.parametrize("cls", ["replica-1", "ec-2+1"])
-def test_power_cut_during_add(tmp_path: Path, cls: str) -> None:
-    scenario_add(tmp_path, None, CUTS, cls)
+# The erasure-coded add also tears: at each cut half the unsynced pages of files on disk land.
+@pytest.mark.parametrize(("cls", "torn"), [("replica-1", 0.0), ("ec-2+1", 0.5)])
+def test_power_cut_during_add(tmp_path: Path, cls: str, torn: float) -> None:
+    scenario_add(tmp_path, None, CUTS, cls, torn)
 
 
 def test_power_cut_during_get(tmp_path: Path) -> None:
     scenario_get(tmp_path, None, CUTS)
+
+
+def test_power_cut_during_pin_from_a_peer(tmp_path: Path) -> None:
+    scenario_pin(tmp_path, None, CUTS)
 
 
 def test_power_cut_during_fsck_that_quarantines(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """JSON shapes shared by the REST API and the CLI's --json, built from node objects."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peercloud.cloud.classes import StorageClass
 from peercloud.cloud.document import CloudDoc
@@ -10,9 +10,11 @@ from peercloud.identity import PeerId
 from peercloud.node.fsck import FsckReport
 from peercloud.node.ingest import AddResult
 from peercloud.node.local import ObjectInfo
-from peercloud.node.service import NodeStatus
 from peercloud.store.index import Index, ObjectRecord
 from peercloud.swarm.peers import PeerInfo
+
+if TYPE_CHECKING:
+    from peercloud.node.service import NodeStatus  # the service imports this module
 
 
 def object_row(r: ObjectRecord) -> dict[str, Any]:
@@ -212,7 +214,7 @@ def fsck(report: FsckReport, records: list[ObjectRecord]) -> dict[str, Any]:
     }
 
 
-def node_status(s: NodeStatus) -> dict[str, Any]:
+def node_status(s: "NodeStatus") -> dict[str, Any]:
     """What `status --node` prints."""
     return {
         "peer_id": s.peer_id,

@@ -57,12 +57,14 @@ from peercloud.cli.output import JsonFlag, block_map, err, node_home, out, print
 from peercloud.errors import PeercloudError
 from peercloud.identity import Identity
 from peercloud.net.link import Address
-from peercloud.node import daemon
 from peercloud.node.home import HOME_ENV, NodeHome
 from peercloud.units import format_size
 
 if _GUARDED_IMPORT:  # importers (tests) get KeyboardInterrupt back
     interrupt_commands()
+
+DEFAULT_LISTEN = Address("0.0.0.0", 4650)  # `peercloud up`: where peers connect
+DEFAULT_API = Address("127.0.0.1", 4651)  # and the local REST API
 
 app = typer.Typer(
     name="peercloud",
@@ -129,9 +131,9 @@ def show_id(ctx: typer.Context, json: JsonFlag = False) -> None:
 def up(
     ctx: typer.Context,
     listen: Annotated[str, typer.Option(help="Where peers connect (HOST:PORT; port 0 picks one).")] = str(
-        daemon.DEFAULT_LISTEN
+        DEFAULT_LISTEN
     ),
-    api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = str(daemon.DEFAULT_API),
+    api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = str(DEFAULT_API),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connections and transfers.")] = False,
 ) -> None:
     """Run the node in the foreground: serve peers and the local API until Ctrl-C or SIGTERM."""
@@ -140,6 +142,8 @@ def up(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from peercloud.node import daemon  # FastAPI and the whole node: only `up` pays for their import
+
     home = node_home(ctx)
     daemon.serve(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line))
 

@@ -31,8 +31,6 @@ from peercloud.node.local import LocalNode
 from peercloud.node.service import NodeService
 
 log = logging.getLogger(__name__)
-DEFAULT_LISTEN = Address("0.0.0.0", 4650)
-DEFAULT_API = Address("127.0.0.1", 4651)
 HARD_DEADLINE = 4.5  # seconds from the first signal to the exit, finished or not (promised: 5)
 API_GRACE = 1  # in-flight API requests (streams too) may finish within this, then are cancelled
 SERVICE_GRACE = 1.5  # closing links, the listener and background tasks

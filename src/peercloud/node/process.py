@@ -64,16 +64,20 @@ def start_daemon(
     args = [*cli, "up", "--listen", f"127.0.0.1:{port}", "--api", "127.0.0.1:0", *(["--verbose"] if verbose else [])]
     sink = log if log is not None else open(home / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(args, stdout=sink, stderr=sink)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daemon for {home} exited with code {proc.returncode}")
-        try:
-            state = json.loads((home / "daemon.json").read_text())
-            if state.get("pid") == proc.pid:
-                return DaemonProcess(home, proc, state)
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"daemon for {home} did not start within {timeout:.0f} s")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon for {home} exited with code {proc.returncode}")
+            try:
+                state = json.loads((home / "daemon.json").read_text())
+                if state.get("pid") == proc.pid:
+                    return DaemonProcess(home, proc, state)
+            except (FileNotFoundError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon for {home} did not start within {timeout:.0f} s")
+    except BaseException:
+        proc.kill()  # a launch that fails (its home unreadable, an interrupt) leaves no daemon behind
+        proc.wait()
+        raise
