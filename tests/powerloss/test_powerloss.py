@@ -1,8 +1,9 @@
 """Power cuts on crashfs: after each cut and a restart, nothing the node says it has is missing.
 
 Each scenario runs a real command (`peercloud init`, `add`, `get`, `fsck`, and `pin` through a
-daemon whose home is on the cut disk) with the node home on crashfs, cuts the power at seeded operation numbers (plus once right after the command ended),
-remounts what reached the disk and checks: every block the index names is whole, `fsck` is
+daemon whose home is on the cut disk) with the node home on crashfs, cuts the power at seeded
+operation numbers (plus once right after the command ended), remounts what reached the disk
+and checks: every block the index names is whole, `fsck` is
 clean, every listed object reads back identical, what a command that succeeded wrote is there,
 and the daemon starts. `PEERCLOUD_POWERLOSS_CUTS` sets the cuts per scenario (default 8).
 
