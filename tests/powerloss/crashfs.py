@@ -24,6 +24,7 @@ unmounted, what it held in memory is gone; `.crashfs/` is orphans, removed at th
 (as fsck would). The model is documented in docs/decisions/0010-power-loss-tests.md.
 
     python -m tests.powerloss.crashfs BACKING MOUNTPOINT [--cut-at N] [--torn P] [--seed S] [--stats FILE]
+        [--on-cut FILE]
 """
 
 import argparse
@@ -75,10 +76,13 @@ class CrashFS(pyfuse3.Operations):
 
     enable_writeback_cache = False  # every write reaches us: the kernel holds no dirty data
 
-    def __init__(self, backing: Path, cut_at: int = 0, torn: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, backing: Path, cut_at: int = 0, torn: float = 0.0, seed: int = 0, on_cut: Path | None = None
+    ) -> None:
         super().__init__()
         self.backing = backing
         self.cut_at, self.torn, self.rng = cut_at, torn, random.Random(seed)
+        self.on_cut = on_cut  # touched at the cut, so a workload can tell the power went
         self.ops = 0
         self.cut = False
         self.nodes: dict[int, Node] = {}
@@ -230,6 +234,8 @@ class CrashFS(pyfuse3.Operations):
         if self.cut_at and self.ops >= self.cut_at:
             self.cut = True
             self._tear()
+            if self.on_cut is not None:
+                self.on_cut.touch()
             raise pyfuse3.FUSEError(errno.EIO)
 
     def _tear(self) -> None:
@@ -514,8 +520,9 @@ def main() -> None:
     ap.add_argument("--torn", type=float, default=0.0, help="chance that an unsynced page survives the cut")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stats", type=Path, default=None, help="write {ops, cut} here at unmount")
+    ap.add_argument("--on-cut", type=Path, default=None, help="create this file when the power goes")
     args = ap.parse_args()
-    fs = CrashFS(args.backing.resolve(), args.cut_at, args.torn, args.seed)
+    fs = CrashFS(args.backing.resolve(), args.cut_at, args.torn, args.seed, args.on_cut)
     options = set(pyfuse3.default_options) | {"fsname=crashfs", "allow_other", "default_permissions"}
     pyfuse3.init(fs, str(args.mountpoint), options)
     try:

@@ -41,7 +41,9 @@ def mounted(backing: Path, mountpoint: Path, cut_at: int = 0, torn: float = 0.0,
     mountpoint.mkdir(parents=True, exist_ok=True)
     stats = _stats_path(mountpoint)
     stats.unlink(missing_ok=True)
+    _cut_path(mountpoint).unlink(missing_ok=True)
     args = [sys.executable, "-m", "tests.powerloss.crashfs", str(backing), str(mountpoint), "--stats", str(stats)]
+    args += ["--on-cut", str(_cut_path(mountpoint))]
     args += ["--cut-at", str(cut_at), "--torn", str(torn), "--seed", str(seed)]
     log = open(mountpoint.with_name(mountpoint.name + ".log"), "ab")  # noqa: SIM115 - kept for the process's life
     proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -59,6 +61,15 @@ def mounted(backing: Path, mountpoint: Path, cut_at: int = 0, torn: float = 0.0,
 
 def _stats_path(mountpoint: Path) -> Path:
     return mountpoint.with_name(mountpoint.name + ".stats.json")
+
+
+def _cut_path(mountpoint: Path) -> Path:
+    return mountpoint.with_name(mountpoint.name + ".cut")
+
+
+def power_out(mountpoint: Path) -> bool:
+    """True once the power of the mount at `mountpoint` was cut: a workload stops waiting then."""
+    return _cut_path(mountpoint).exists()
 
 
 def stats(mountpoint: Path) -> Stats:

@@ -18,6 +18,7 @@ SITES: dict[str, str] = {
     "block-data": "fsutil.DirectAppender.finish from store write_new_file_direct: a block file's data",
     "block-shard-dir": "store/blockstore.py BlockStore._write: fsync of blocks/ after a new shard directory",
     "block-commit-dirs": "store/blockstore.py BlockStore.commit: fsync of the shard directories before rows",
+    "quarantine-dir": "store/blockstore.py BlockStore.quarantine: fsync of quarantine/ after moving a bad block in",
     "output-data": "fsutil.DirectAppender.finish from node/retrieve.py: a get's output data",
     "output-dir": "node/retrieve.py OutputFile.finish: fsync of the output's directory after the rename",
     "atomic-data": "fsutil.write_atomic: the new file's data before the rename (config, token, secret)",
@@ -65,6 +66,7 @@ def mutate(site: str) -> None:
     dir_sync = {
         "block-shard-dir": (blockstore, within("BlockStore._write")),
         "block-commit-dirs": (blockstore, within("BlockStore.commit")),
+        "quarantine-dir": (blockstore, within("BlockStore.quarantine")),
         "output-dir": (retrieve, within("OutputFile.finish")),
         "home-parent": (home, within("NodeHome.init")),
         "key-dir": (identity, within("save_new")),

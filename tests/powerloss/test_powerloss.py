@@ -14,76 +14,26 @@ SQLite setting taken out (`mutant.py`): each must make a check fail.
 import contextlib
 import json
 import os
-import sqlite3
 import subprocess
-import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from peercloud.content import merkle
 from peercloud.identity import Identity
 from peercloud.node.home import NodeHome
 from peercloud.node.local import LocalNode
 from peercloud.node.process import start_daemon as launch
 
-from ..conftest import CLI_ENV, random_bytes
+from ..conftest import random_bytes
 from ..daemons import start_daemon
-from .harness import REPO, DurabilityLost, Outcome, power_cuts
+from .checks import CUTS_DEFAULT, bad_blocks, cli, init_home, restart_checks
+from .harness import DurabilityLost, Outcome, power_cuts
 from .mutant import SITES
 
-CUTS = int(os.environ.get("PEERCLOUD_POWERLOSS_CUTS", "8"))
+CUTS = int(os.environ.get("PEERCLOUD_POWERLOSS_CUTS", CUTS_DEFAULT))
 Scenario = Callable[[Path, str | None, int], None]  # (tmp_path, mutated site or None, cuts)
-
-
-def cli(home: Path, *args: str, site: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI (with one sync site taken out when `site` is given)."""
-    command = [sys.executable, "-m", "tests.powerloss.mutant", site] if site else [sys.executable, "-m", "peercloud"]
-    return subprocess.run(
-        [*command, "--home", str(home), *args], capture_output=True, text=True, env=CLI_ENV, cwd=REPO, timeout=120
-    )
-
-
-def bad_blocks(home: Path) -> list[str]:
-    """Blocks the index names whose file is gone, partial or wrong (read outside any node code)."""
-    db = sqlite3.connect(f"file:{home / 'index.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT id, size FROM blocks").fetchall()
-    finally:
-        db.close()
-    bad = []
-    for bid, size in rows:
-        path = home / "blocks" / bid.hex()[:2] / bid.hex()
-        data = path.read_bytes() if path.exists() else b""
-        if len(data) != size or merkle.block_id(data) != bid:
-            bad.append(bid.hex())
-    return bad
-
-
-def restart_checks(home: Path, sources: dict[str, bytes], expect: set[str], scratch: Path) -> None:
-    """The node after a cut: blocks whole, fsck clean, objects whole, `expect`ed names listed, daemon up."""
-    assert not bad_blocks(home), "the index names blocks the disk does not have whole"
-    with LocalNode(NodeHome(home)) as node:
-        report = node.fsck()
-        assert not report.damaged, f"fsck after the cut: {report}"
-        listed = {r.name: r for r in node.objects()}
-        for name, record in listed.items():
-            out = scratch / f"back-{name}"
-            out.unlink(missing_ok=True)
-            node.get(record.object_id.hex(), out)
-            assert out.read_bytes() == sources[name], f"{name} reads back different after the cut"
-            out.unlink()
-    missing = expect - set(listed)
-    assert not missing, f"finished before the cut, gone after it: {missing}"
-    assert start_daemon(home).stop() == 0
-
-
-def init_home(root: Path) -> Path:
-    """A backing folder with an initialized node home, all durable (written on the real disk)."""
-    assert cli(root / "home", "init").returncode == 0
-    return root
 
 
 def scenario_init(tmp_path: Path, site: str | None, cuts: int) -> None:
@@ -167,6 +117,9 @@ def scenario_fsck(tmp_path: Path, site: str | None, cuts: int) -> None:
 
     def check(mnt: Path, outcome: Outcome) -> None:
         h = mnt / "home"
+        if outcome.finished:
+            kept = h / "quarantine" / victim.name
+            assert kept.exists() and kept.stat().st_size == victim.stat().st_size, "the quarantined block is gone"
         assert set(bad_blocks(h)) <= {victim.name}
         with LocalNode(NodeHome(h)) as node:
             first = node.fsck()  # finishes what the cut interrupted
@@ -245,6 +198,7 @@ CATCHES: dict[str, Scenario] = {
     "block-shard-dir": scenario_add,
     "block-commit-dirs": scenario_add,
     "sqlite-full": scenario_add,
+    "quarantine-dir": scenario_fsck,
     "output-data": scenario_get,
     "output-dir": scenario_get,
     "key-data": scenario_init,

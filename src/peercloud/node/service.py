@@ -105,6 +105,7 @@ class NodeService:
             loop.create_task(self.auditor.run()),
             loop.create_task(self.reconciler.run()),
             loop.create_task(self._prune()),
+            loop.create_task(self._remove_leftovers()),
         ]
 
     async def stop(self, timeout: float = 1.5) -> None:
@@ -124,6 +125,16 @@ class NodeService:
         await asyncio.wait({peers}, timeout=max(0.0, deadline - loop.time()))
         if pending:
             log.warning("%d background task(s) still running after %.1f s of shutdown", len(pending), timeout)
+
+    async def _remove_leftovers(self) -> None:
+        """Delete what a crash left behind once at startup, as fsck would.
+
+        Deletes are not directory-synced (a row goes first, then the file): after a power cut a
+        deleted block can come back as a file no row names, and it would take disk space forever.
+        """
+        removed = await asyncio.to_thread(self.node.store.remove_leftovers)
+        if removed:
+            log.info("removed %d file(s) an interrupted write or delete left behind", removed)
 
     async def _prune(self) -> None:
         """Drop claims of peers outside the cloud an hour after they were last connected."""

@@ -254,6 +254,9 @@ class BlockStore:
             dest = self.quarantine_dir / block_id.hex()
             if src.exists():
                 shutil.move(src, dest)
+                # Its row is gone: unless the move is durable, a power cut brings the file back
+                # as a stray that the next fsck deletes, and the evidence with it.
+                fsync_dir(self.quarantine_dir)
             return dest
 
     def remove_leftovers(self) -> int:
