@@ -71,8 +71,8 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., "Daemon"]]:
 
     started: list[Daemon] = []
 
-    def start(name: str, port: int = 0) -> "Daemon":
-        d = start_daemon(tmp_path / name, port)
+    def start(name: str, port: int = 0, roles: tuple[str, ...] = ()) -> "Daemon":
+        d = start_daemon(tmp_path / name, port, roles)
         started.append(d)
         return d
 

@@ -27,8 +27,8 @@ class Daemon(DaemonProcess):
         raise AssertionError("no VmRSS")
 
 
-def start_daemon(home: Path, port: int = 0) -> Daemon:
-    d = launch(home, verbose=True, port=port)
+def start_daemon(home: Path, port: int = 0, roles: tuple[str, ...] = ()) -> Daemon:
+    d = launch(home, verbose=True, port=port, roles=roles)
     return Daemon(d.home, d.proc, d.state)
 
 

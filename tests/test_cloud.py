@@ -62,6 +62,7 @@ class Raw:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.answer: Callable[[PeerLink, m.Message], None] = lambda lk, msg: None
+        self.notices: list[m.Message] = []  # every notice daemons sent us
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
@@ -72,7 +73,13 @@ class Raw:
                 self.answer(lk, msg)
 
             hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "cloud"), "raw")
-            return await dial(Address.parse(d.state["listen"][0]), self.identity, hello, on_request)
+            return await dial(
+                Address.parse(d.state["listen"][0]),
+                self.identity,
+                hello,
+                on_request,
+                on_notice=lambda lk, msg: self.notices.append(msg),
+            )
 
         link: PeerLink = self.run(go())
         return link

@@ -7,6 +7,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from peercloud.cloud.classes import lookup
+from peercloud.connect.record import Candidate, Kind, PeerRecord, verify
 from peercloud.content import cipher, merkle
 from peercloud.content.caps import ReadCap
 from peercloud.content.erasure import Coding
@@ -42,6 +43,11 @@ def test_documented_vectors_match_the_code() -> None:
         assert (str(cap), str(cap.verify_cap)) == (expected["read_cap"], expected["verify_cap"])
     ident = Identity(Ed25519PrivateKey.from_private_bytes(bytes(32)))
     assert str(ident.peer_id) == v["peer_id_for_seed_zero"]
+    r = v["peer_record_seed_zero"]
+    candidates = [Candidate(Kind(kind), address) for kind, address in r["candidates"]]
+    record = PeerRecord.sign(ident, r["seq"], candidates, now=r["signed_at"], ttl=r["ttl"])
+    assert record.raw.hex() == r["hex"]
+    assert verify(bytes.fromhex(r["hex"]), now=r["signed_at"]) == record
 
 
 def test_streaming_add_matches_reference_encoding(tmp_path: Path) -> None:

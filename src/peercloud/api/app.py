@@ -51,8 +51,8 @@ from peercloud.api.models import (
 from peercloud.cloud.classes import StorageClass
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
 from peercloud.identity import PeerId
+from peercloud.net.link import parse_peer
 from peercloud.node.service import NodeService
-from peercloud.swarm.peers import parse_peer
 
 log = logging.getLogger(__name__)
 

@@ -186,10 +186,14 @@ def peers(infos: list[PeerInfo], index: Index) -> list[dict[str, Any]]:
                 "peer_id": str(p.peer_id),
                 "address": p.address,
                 "connected": p.connected,
+                "path": p.path,
+                "via": str(p.via) if p.via is not None else None,
                 "rtt_ms": round(p.rtt * 1000, 2) if p.rtt is not None else None,
+                "rate_in": round(p.rate_in),
+                "rate_out": round(p.rate_out),
                 "bytes_in": p.bytes_in,
                 "bytes_out": p.bytes_out,
-                "path": p.path,
+                "since": p.since,
                 "blocks_held": held,
                 "banned": p.banned_until is not None,
             }
@@ -227,4 +231,5 @@ def node_status(s: "NodeStatus") -> dict[str, Any]:
         "bytes_out": s.bytes_out,
         "objects": s.objects,
         "stored_bytes": s.stored_bytes,
+        "reachable": s.reachable,
     }

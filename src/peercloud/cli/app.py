@@ -54,7 +54,7 @@ from peercloud.cli import cloud as cloud_commands
 from peercloud.cli import peers as peers_commands
 from peercloud.cli.backend import open_backend
 from peercloud.cli.output import JsonFlag, block_map, err, node_home, out, print_json, progress_bar
-from peercloud.errors import PeercloudError
+from peercloud.errors import PeercloudError, UsageError
 from peercloud.identity import Identity
 from peercloud.net.link import Address
 from peercloud.node.home import HOME_ENV, NodeHome
@@ -135,6 +135,10 @@ def up(
     ),
     api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = str(DEFAULT_API),
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connections and transfers.")] = False,
+    role: Annotated[
+        list[str] | None,
+        typer.Option("--role", help="Also serve others: `directory`, `relay` (repeat --role to combine roles)."),
+    ] = None,
 ) -> None:
     """Run the node in the foreground: serve peers and the local API until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -142,10 +146,14 @@ def up(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from peercloud.node import daemon  # FastAPI and the whole node: only `up` pays for their import
+    from peercloud.node import daemon, network  # FastAPI and the whole node: only `up` pays for their import
+
+    unknown = set(role or ()) - network.ROLES
+    if unknown:
+        raise UsageError(f"unknown role(s) {sorted(unknown)}: choose from {sorted(network.ROLES)}")
 
     home = node_home(ctx)
-    daemon.serve(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line))
+    daemon.serve(home, Address.parse(listen), Address.parse(api), lambda line: out.print(line), frozenset(role or ()))
 
 
 @app.command()
@@ -316,6 +324,11 @@ def _print_node(d: dict[str, Any]) -> None:
     out.print(f"peers       {d['peers_connected']} connected of {d['peers_known']} known")
     out.print(f"traffic     in {format_size(d['bytes_in'])}, out {format_size(d['bytes_out'])}")
     out.print(f"store       {d['objects']} objects, {format_size(d['stored_bytes'])}")
+    r = d["reachable"]
+    where = ", ".join(f"{c['kind']} {c['address']}" for c in r["candidates"]) or "-"
+    out.print(f"reachable   {where} (record seq {r['record_seq']})")
+    if r["observed"]:
+        out.print(f"observed    {', '.join(r['observed'])}")
 
 
 def _print_object_status(d: dict[str, Any]) -> None:

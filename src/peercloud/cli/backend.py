@@ -14,10 +14,11 @@ from peercloud.cloud.document import SignedDoc
 from peercloud.cloud.ledger import ObjectStatus
 from peercloud.errors import DaemonNeededError, NotFoundError
 from peercloud.identity import PeerId
+from peercloud.net.link import parse_peer
 from peercloud.node.home import NodeHome
 from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
-from peercloud.swarm.peers import PeerInfo, parse_peer
+from peercloud.swarm.peers import PeerInfo
 
 Progress = Callable[[str, int], None]
 _NEEDS_DAEMON = "this needs the network: start the daemon with `peercloud up` (in another terminal), then retry"
@@ -147,7 +148,7 @@ class LocalBackend:
 
     def peers(self) -> list[dict[str, Any]]:
         """Configured peers, all shown as not connected."""
-        infos = [PeerInfo(PeerId(raw), addr, False, None, 0, 0, "-", None) for raw, addr in self.node.index.peers()]
+        infos = [PeerInfo(PeerId(raw), addr) for raw, addr in self.node.index.peers()]
         return views.peers(infos, self.node.index)
 
     def add_peer(self, text: str) -> dict[str, Any]:

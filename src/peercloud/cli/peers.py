@@ -14,7 +14,7 @@ peers_app = typer.Typer(help="Peers this node connects to.", invoke_without_comm
 
 @peers_app.callback()
 def peers(ctx: typer.Context, json: JsonFlag = False) -> None:
-    """List peers: ID, address, connected?, RTT, traffic, blocks of our objects they hold."""
+    """List peers: ID, address, path (lan, direct, mapped, punched, relayed), RTT, rates, traffic, blocks held."""
     if ctx.invoked_subcommand is not None:
         return
     with open_backend(node_home(ctx)) as backend:
@@ -25,17 +25,20 @@ def peers(ctx: typer.Context, json: JsonFlag = False) -> None:
     if not rows:
         out.print("No peers yet. Add one with `peercloud peers add PEERID@HOST:PORT`.")
         return
-    table = Table("peer", "address", "connected", "rtt", "in / out", "blocks held", box=None)
+    table = Table("peer", "address", "path", "rtt", "rate in / out", "in / out", "blocks held", box=None)
     for col in table.columns:
         col.no_wrap = True
     for r in rows:
         rtt = f"{r['rtt_ms']:.1f} ms" if r["rtt_ms"] is not None else "-"
-        state = "banned" if r["banned"] else r["path"] if r["connected"] else "no"
+        path = "banned" if r["banned"] else r["path"] or "not connected"
+        if r["via"]:
+            path += f" via {r['via'][:13]}"
         table.add_row(
             r["peer_id"][:13],
             r["address"] or "-",
-            state,
+            path,
             rtt,
+            f"{format_size(r['rate_in'])}/s / {format_size(r['rate_out'])}/s",
             f"{format_size(r['bytes_in'])} / {format_size(r['bytes_out'])}",
             str(r["blocks_held"]),
         )

@@ -269,6 +269,8 @@ class Invite:
     addresses: tuple[str, ...]
     secret: bytes
     expires: float | None
+    directories: tuple[str, ...] = ()  # PEERID@HOST:PORT of the admin's directories: the joiner uses them too
+    relays: tuple[str, ...] = ()  # and of its relays
 
     def __str__(self) -> str:
         body: dict[str, Any] = {
@@ -279,6 +281,10 @@ class Invite:
         }
         if self.expires is not None:
             body["e"] = self.expires
+        if self.directories:
+            body["d"] = list(self.directories)
+        if self.relays:
+            body["r"] = list(self.relays)
         return textid.encode(INVITE_PREFIX, msgpack.packb(body, use_bin_type=True))
 
     @classmethod
@@ -291,7 +297,7 @@ class Invite:
         try:
             body = _unpack(raw, "invite token")
             cloud, admin, addrs, secret = body["c"], body["a"], body["h"], body["s"]
-            expires = body.get("e")
+            expires, directories, relays = body.get("e"), body.get("d", []), body.get("r", [])
             ok = (
                 isinstance(cloud, bytes)
                 and len(cloud) == CLOUD_ID_SIZE
@@ -302,12 +308,16 @@ class Invite:
                 and isinstance(secret, bytes)
                 and len(secret) == 32
                 and (expires is None or isinstance(expires, float))
+                and all(
+                    isinstance(v, list) and len(v) <= 8 and all(isinstance(d, str) and len(d) <= 200 for d in v)
+                    for v in (directories, relays)
+                )
             )
         except (FormatError, KeyError):
             ok = False
         if not ok:
             raise UsageError("invite token malformed: ask the admin for a new one")
-        return cls(cloud, PeerId(admin), tuple(addrs), secret, expires)
+        return cls(cloud, PeerId(admin), tuple(addrs), secret, expires, tuple(directories), tuple(relays))
 
     @property
     def secret_hash(self) -> bytes:

@@ -7,13 +7,15 @@ stay in `peercloud.wire.connection`; this module only moves bytes, timers and fu
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 
-from peercloud.errors import PeercloudError
+from peercloud.errors import PeercloudError, UsageError
 from peercloud.identity import Identity, PeerId
+from peercloud.net.meter import Meter
 from peercloud.wire import connection as c
 from peercloud.wire import messages as m
 
@@ -54,6 +56,14 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_peer(text: str) -> tuple[PeerId, Address]:
+    """PEERID@HOST:PORT, as users paste it."""
+    peer, sep, address = text.strip().partition("@")
+    if not sep:
+        raise UsageError(f"expected PEERID@HOST:PORT, got {text!r}")
+    return PeerId.parse(peer), Address.parse(address)
 
 
 class HandshakeGate:
@@ -116,6 +126,12 @@ class PeerLink(asyncio.BufferedProtocol):
         self.closed: asyncio.Future[c.Closed] = self._loop.create_future()
         self.remote: str = "?"
         self.rtt: float | None = None
+        # The kind of path the dialing side chose (it says so in its hello): lan, direct,
+        # mapped, punched or relayed; `via` names the relay of a relayed link.
+        self.path = conn.hello.path if conn.initiator else ""
+        self.via: PeerId | None = None
+        self.since: float | None = None  # wall clock at the handshake's end
+        self.meter = Meter()  # sampled once a second by whoever keeps the link
 
     @property
     def peer_id(self) -> PeerId | None:
@@ -300,6 +316,9 @@ class PeerLink(asyncio.BufferedProtocol):
 
     def _deliver(self, event: c.Event) -> None:
         if isinstance(event, c.Established):
+            self.since = time.time()
+            if not self.conn.initiator:
+                self.path = event.hello.path or "direct"
             if not self.established.done():
                 self.established.set_result(event)
         elif isinstance(event, c.Response):
@@ -370,18 +389,27 @@ async def dial(
     on_notice: NoticeHandler | None = None,
     on_closed: Callable[[PeerLink], None] | None = None,
     timeout: float = DIAL_TIMEOUT,
+    sock: socket.socket | None = None,
+    initiator: bool = True,
 ) -> PeerLink:
-    """Connect to a peer and complete the authenticated handshake."""
+    """Connect to a peer and complete the authenticated handshake.
+
+    With `sock`, the handshake runs over that connected socket instead (a relay circuit, a
+    punched connection), as the Noise initiator or, with `initiator=False`, the responder.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> PeerLink:
-        conn = c.PeerConnection(True, identity, hello, loop.time(), expected_peer=expected_peer)
+        conn = c.PeerConnection(initiator, identity, hello, loop.time(), expected_peer=expected_peer)
         return PeerLink(conn, on_request, on_notice, on_closed)
 
     link: PeerLink | None = None
     try:
         async with asyncio.timeout(timeout):
-            _, link = await loop.create_connection(factory, address.host, address.port)
+            if sock is not None:
+                _, link = await loop.create_connection(factory, sock=sock)
+            else:
+                _, link = await loop.create_connection(factory, address.host, address.port)
             await link.established
     except BaseException as e:
         if link is not None:

@@ -149,7 +149,9 @@ def _home_lock(home: NodeHome) -> Iterator[None]:
         yield
 
 
-def serve(home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None]) -> None:
+def serve(
+    home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None], roles: frozenset[str] = frozenset()
+) -> None:
     """Run the daemon until SIGINT/SIGTERM; the process is gone within HARD_DEADLINE of the first signal.
 
     Not asyncio.run: it would wait without limit for the default executor's threads (an add or
@@ -159,7 +161,7 @@ def serve(home: NodeHome, listen: Address, api: Address, announce: Callable[[str
     shutdown.install()
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(run(home, listen, api, announce, shutdown))
+        loop.run_until_complete(run(home, listen, api, announce, shutdown, roles))
     finally:
         _close_loop(loop, min(TASK_GRACE, shutdown.left()))
     _abandon_busy_threads(min(THREAD_GRACE, shutdown.left()))
@@ -167,7 +169,12 @@ def serve(home: NodeHome, listen: Address, api: Address, announce: Callable[[str
 
 
 async def run(
-    home: NodeHome, listen: Address, api: Address, announce: Callable[[str], None], shutdown: Shutdown
+    home: NodeHome,
+    listen: Address,
+    api: Address,
+    announce: Callable[[str], None],
+    shutdown: Shutdown,
+    roles: frozenset[str] = frozenset(),
 ) -> None:
     """Run until `shutdown` sees SIGINT/SIGTERM; `announce` gets one line per startup fact for the terminal."""
     home.require()
@@ -181,7 +188,7 @@ async def run(
     shutdown.on_request(wake)
     with _home_lock(home), _signals_wake(loop):
         node = LocalNode(home)
-        service = NodeService(node, listen)
+        service = NodeService(node, listen, roles)
         try:
             await service.start()
         except OSError as e:
@@ -216,6 +223,8 @@ async def run(
             announce(f"peer ID  {node.identity.peer_id}")
             announce(f"peers    {', '.join(service.listening)}")
             announce(f"API      http://{api_address} (token in {home.token_path})")
+            if roles:
+                announce(f"roles    {', '.join(sorted(roles))}")
             await stop.wait()
             announce("stopping")
         finally:

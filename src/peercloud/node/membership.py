@@ -15,7 +15,7 @@ from peercloud.cloud.classes import DEFAULT_CLASSES, StorageClass
 from peercloud.cloud.document import ADMIN, MEMBER, CloudDoc, Invite, Member, SignedDoc, parse_tags, supersedes
 from peercloud.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from peercloud.identity import Identity, PeerId
-from peercloud.net.link import Address, PeerError, PeerLink, dial
+from peercloud.net.link import Address, PeerError, PeerLink
 from peercloud.store.index import Index
 from peercloud.swarm.peers import PeerManager
 from peercloud.wire import messages as m
@@ -37,6 +37,10 @@ class Membership:
         raw = index.cloud_doc()
         self.signed: SignedDoc | None = SignedDoc.decode(raw) if raw else None
         self.on_left: Callable[[], None] = lambda: None  # after the cloud's tables were forgotten
+        self.directories: Callable[[], list[str]] = list  # ours, handed to joiners in invites
+        self.relays: Callable[[], list[str]] = list  # likewise
+        self.on_invite: Callable[[Invite], None] = lambda _: None  # use the invite's directories and relays
+        self.on_joined: Callable[[Invite], None] = lambda _: None  # and keep them
 
     @property
     def doc(self) -> CloudDoc | None:
@@ -87,7 +91,15 @@ class Membership:
         doc = self.require_admin()
         secret = os.urandom(32)
         expires = time.time() + expires_in if expires_in is not None else None
-        invite = Invite(doc.cloud_id, self.identity.peer_id, tuple(self._addresses()), secret, expires)
+        invite = Invite(
+            doc.cloud_id,
+            self.identity.peer_id,
+            tuple(self._addresses()),
+            secret,
+            expires,
+            tuple(self.directories()),
+            tuple(self.relays()),
+        )
         self.index.add_invite(invite.secret_hash, expires)
         return invite
 
@@ -117,7 +129,11 @@ class Membership:
         invite = Invite.parse(token)
         if invite.expires is not None and time.time() > invite.expires:
             raise RefusedError("this invite has expired: ask the admin for a new one")
-        link = await self._reach(invite.admin, invite.addresses)
+        self.on_invite(invite)  # its directories and relays help reach an admin behind a NAT
+        try:
+            link = await self.peers.reach(invite.admin, invite.addresses)
+        except PeerError as e:
+            raise RefusedError(f"cannot reach the admin {invite.admin.short()}: {e}") from None
         tag_texts = tuple(f"{k}={v}" for k, v in parse_tags(tags))
         request = m.Join(link.next_id(), invite.cloud_id, invite.secret, offer, tag_texts, tuple(self.listening()))
         try:
@@ -140,6 +156,7 @@ class Membership:
         ):
             raise RefusedError("the admin's answer does not admit this node to the invited cloud")
         self._store(signed)
+        self.on_joined(invite)
         return doc
 
     async def leave(self) -> None:
@@ -250,27 +267,8 @@ class Membership:
 
     def _connect(self, members: Iterable[Member]) -> None:
         for x in members:
-            if x.peer_id != self.identity.peer_id and x.addresses:
-                self.peers.ensure(x.peer_id, x.addresses[0])
-
-    async def _reach(self, peer: PeerId, addresses: Iterable[str]) -> PeerLink:
-        existing = self.peers.links.get(peer)
-        if existing is not None:
-            return existing
-        errors = []
-        for text in addresses:
-            try:
-                return await dial(
-                    Address.parse(text),
-                    self.identity,
-                    self.peers.hello,
-                    self.peers.on_request,
-                    expected_peer=peer,
-                    on_notice=self.peers.on_notice,
-                )
-            except PeerError as e:
-                errors.append(str(e))
-        raise RefusedError(f"cannot reach the admin {peer.short()}: {'; '.join(errors) or 'no address in the invite'}")
+            if x.peer_id != self.identity.peer_id:
+                self.peers.ensure(x.peer_id, x.addresses)
 
     def _addresses(self) -> list[str]:
         return [_advertised(a, _outbound_ip()) for a in self.listening()]

@@ -54,7 +54,12 @@ class DaemonProcess:
 
 
 def start_daemon(
-    home: Path, log: TextIO | None = None, verbose: bool = False, timeout: float = 30.0, port: int = 0
+    home: Path,
+    log: TextIO | None = None,
+    verbose: bool = False,
+    timeout: float = 30.0,
+    port: int = 0,
+    roles: tuple[str, ...] = (),
 ) -> DaemonProcess:
     """Init the home if needed, start a daemon on loopback (peer port 0: a free one), wait for daemon.json."""
     cli = [sys.executable, "-m", "peercloud", "--home", str(home)]
@@ -62,6 +67,7 @@ def start_daemon(
         subprocess.run([*cli, "init"], check=True, capture_output=True)
     (home / "daemon.json").unlink(missing_ok=True)
     args = [*cli, "up", "--listen", f"127.0.0.1:{port}", "--api", "127.0.0.1:0", *(["--verbose"] if verbose else [])]
+    args += [f"--role={role}" for role in roles]
     sink = log if log is not None else open(home / "daemon.log", "ab")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(args, stdout=sink, stderr=sink)
     try:

@@ -10,12 +10,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from peercloud import __version__
 from peercloud.cloud.ledger import (
     ObjectStatus,
     indexes_from_bitmap,
 )
+from peercloud.connect.book import AddressBook
 from peercloud.content import erasure
 from peercloud.content.caps import ReadCap
 from peercloud.content.manifest import MAX_MANIFEST_SIZE, Manifest
@@ -29,6 +31,7 @@ from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
 from peercloud.node.membership import Membership
+from peercloud.node.network import Network
 from peercloud.node.reconciler import Reconciler
 from peercloud.store.index import ObjectRecord
 from peercloud.swarm import fetch
@@ -57,25 +60,41 @@ class NodeStatus:
     bytes_out: int
     objects: int
     stored_bytes: int
+    reachable: dict[str, Any]  # our signed record's candidates, observed addresses, records kept
 
 
 class NodeService:
     """A LocalNode connected to its peers."""
 
-    def __init__(self, node: LocalNode, listen_on: Address) -> None:
+    def __init__(self, node: LocalNode, listen_on: Address, roles: frozenset[str] = frozenset()) -> None:
         self.node = node
         self.listen_on = listen_on
+        self.roles = roles
         self.started = time.time()
         self.listening: list[str] = []
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         hello = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have", "cloud", "audit"), f"peercloud/{__version__}")
+        # Records are kept for members and peers this node keeps a link to: strangers fill nothing.
+        self.book = AddressBook(
+            node.identity, node.index, lambda pid: self.membership.is_member(pid) or self.peers.keeps(pid)
+        )
         self.peers = PeerManager(
-            node.identity, hello, node.index, self._on_request, member=lambda pid: self.membership.is_member(pid)
+            node.identity,
+            hello,
+            node.index,
+            self._on_request,
+            self.book,
+            member=lambda pid: self.membership.is_member(pid),
         )
         self.peers.on_link = self._on_link
         self.peers.on_notice_extra = self._on_notice
         self.membership = Membership(node.identity, node.index, self.peers, lambda: self.listening)
+        self.network = Network(node, self.peers, self.book, self.membership.is_member, lambda: self.listening, roles)
+        self.membership.directories = self.network.directories.configured
+        self.membership.relays = self.network.relays.configured
+        self.membership.on_invite = self.network.adopt
+        self.membership.on_joined = self.network.remember
         self.catalog = CatalogSync(node.index, self.peers, self.membership)
         self.membership.on_left = self.catalog.load
         self.peers.ready = self.catalog.ready
@@ -98,6 +117,7 @@ class NodeService:
             on_notice=self.peers.on_notice,
         )
         self.listening = [str(Address(*s.getsockname()[:2])) for s in self._server.sockets]
+        await self.network.start()
         self.peers.start()
         self.membership.start()
         loop = asyncio.get_running_loop()
@@ -112,6 +132,7 @@ class NodeService:
         """Close the listener, links and background tasks, in at most `timeout` seconds whatever they do."""
         if self._server is not None:
             self._server.close()  # no new peers while the rest closes
+        self.network.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         peers = loop.create_task(self.peers.stop(timeout - 0.2))
@@ -160,14 +181,19 @@ class NodeService:
             await self.reconciler.on_request(link, msg)
         elif isinstance(msg, m.CatalogWant):
             await self.catalog.on_request(link, msg)
+        else:
+            await self.network.on_request(link, msg)
 
     def _on_notice(self, link: PeerLink, msg: m.Message) -> None:
+        if self.network.on_notice(link, msg):
+            return
         if isinstance(msg, m.CloudDoc):
             self.membership.on_gossip(link, msg)
         elif isinstance(msg, m.Catalog | m.CatalogDigest):
             self.catalog.on_notice(link, msg)
 
     def _on_link(self, link: PeerLink) -> None:
+        self.network.on_link(link)
         self.membership.on_link(link)
         self.catalog.on_link(link)
 
@@ -433,4 +459,5 @@ class NodeService:
             sum(lk.conn.bytes_out for lk in links),
             self.node.index.object_count(),
             self.node.store.used,
+            self.network.status(),
         )

@@ -14,9 +14,10 @@ from typing import Any
 from peercloud.store.cloudtables import CatalogEntry, CloudTables, insert_catalog
 from peercloud.store.db import placeholders
 from peercloud.store.holdings import Claim, Holding, HoldingTables
+from peercloud.store.records import SCHEMA_V5, RecordTables
 
 __all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord"]
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -154,12 +155,12 @@ _OBJECT_COLUMNS = """
 """
 
 
-class Index(HoldingTables, CloudTables):
+class Index(HoldingTables, CloudTables, RecordTables):
     """The node's index: every table, each concern in its own module, over one connection."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4])
+        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5])
 
     # -- blocks
 

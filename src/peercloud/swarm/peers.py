@@ -5,13 +5,15 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from peercloud.errors import UsageError
+from peercloud.connect import relay_dial  # noqa: F401 - registers the relayed dialer
+from peercloud.connect.book import AddressBook
+from peercloud.connect.dial import DialContext, dial_any
 from peercloud.identity import Identity, PeerId
-from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler, dial
+from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler
 from peercloud.store.index import Claim, Index
 from peercloud.swarm.inventory import InventorySender
 from peercloud.wire import batches
@@ -26,6 +28,7 @@ KEEPALIVE = 15.0  # ping interval and timeout
 KEEPALIVE_MISSES = 2  # pings in a row answered by nothing at all: the link is closed (and re-dialed)
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
 INTAKE_DEPTH = 8  # HAVE messages queued per link before we stop reading it
+REACH_TIMEOUT = 30.0  # seconds `reach` keeps trying
 MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
 
 
@@ -35,12 +38,16 @@ class PeerInfo:
 
     peer_id: PeerId
     address: str | None
-    connected: bool
-    rtt: float | None
-    bytes_in: int
-    bytes_out: int
-    path: str
-    banned_until: float | None
+    connected: bool = False
+    rtt: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    path: str | None = None  # lan, direct, mapped, punched, relayed; None when not connected
+    via: PeerId | None = None  # the relay of a relayed link
+    since: float | None = None  # when the link was established (wall clock)
+    rate_in: float = 0.0  # bytes/s over the last seconds
+    rate_out: float = 0.0
+    banned_until: float | None = None
 
 
 class PeerManager:
@@ -52,11 +59,13 @@ class PeerManager:
         hello: m.Hello,
         index: Index,
         on_request: RequestHandler,
+        book: AddressBook,
         member: Callable[[PeerId], bool] = lambda _: False,
     ) -> None:
         self.identity = identity
         self.hello = hello
         self.index = index
+        self.book = book  # where each peer can be reached: records, then hints
         self.on_request = on_request
         self.member = member  # members' claims are not capped like outsiders'
         self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
@@ -69,6 +78,9 @@ class PeerManager:
         self._intake_tasks: set[asyncio.Task[None]] = set()
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
+        self._wake: dict[PeerId, asyncio.Event] = {}  # set when a peer's addresses change
+        self._reaching: set[PeerId] = set()  # peers `reach` is dialing once
+        self._meter: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._closing = False
         self.have_version = 0  # bumps on every HAVE received: holder maps rebuild lazily
@@ -76,15 +88,20 @@ class PeerManager:
         self.on_link: Callable[[PeerLink], None] | None = None  # a new link is registered
         self.on_notice_extra: Callable[[PeerLink, m.Message], None] | None = None  # notices besides HAVE
         self.on_claims: Callable[[list[bytes]], None] = lambda _: None  # objects whose claims changed
+        self.lookup: Callable[[PeerId], Awaitable[bool]] = _nothing_new  # ask directories; True if newer
 
     def start(self) -> None:
-        """Dial every stored peer (and keep dialing)."""
+        """Dial every stored peer (and keep dialing); measure every link's rates."""
         for raw, address in self.index.peers():
-            self._keep(PeerId(raw), address)
+            self.book.hint(PeerId(raw), [address])
+            self._keep(PeerId(raw))
+        self._meter = asyncio.get_running_loop().create_task(self._measure())
 
     async def stop(self, timeout: float = 1.0) -> None:
         """Stop dialing and close every link; waits at most `timeout` s for dials and links to end."""
         self._closing = True  # keepers started from now on (add, ensure) end at once
+        if self._meter is not None:
+            self._meter.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         links = list(self.links.values())
@@ -108,15 +125,62 @@ class PeerManager:
     def add(self, peer_id: PeerId, address: Address) -> None:
         """Persist a peer and start keeping a connection to it."""
         self.index.add_peer(peer_id.public_key, str(address))
+        self.book.hint(peer_id, [str(address)])
         old = self._keepers.pop(peer_id, None)
         if old is not None:
             old.cancel()
-        self._keep(peer_id, str(address))
+        self._keep(peer_id)
 
-    def ensure(self, peer_id: PeerId, address: str) -> None:
+    def ensure(self, peer_id: PeerId, hints: Iterable[str] = ()) -> None:
         """Keep a connection to a peer without persisting it (cloud members come from the document)."""
+        self.book.hint(peer_id, hints)
         if peer_id != self.identity.peer_id and peer_id not in self._keepers and not self._closing:
-            self._keep(peer_id, address)
+            self._keep(peer_id)
+
+    async def reach(self, peer_id: PeerId, hints: Iterable[str], timeout: float = REACH_TIMEOUT) -> PeerLink:
+        """A link to a peer now (its existing one, or a new one), by every candidate known and, failing
+        those, what the directories know; for a one-off request such as a join.
+
+        The link is registered like any other; PeerError when none came up within `timeout`.
+        """
+        self.book.hint(peer_id, hints)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._reaching.add(peer_id)  # its records are wanted while we try
+        try:
+            return await self._reach(peer_id, deadline)
+        finally:
+            self._reaching.discard(peer_id)
+
+    async def _reach(self, peer_id: PeerId, deadline: float) -> PeerLink:
+        loop = asyncio.get_running_loop()
+        errors = "no attempt"
+        while loop.time() < deadline:
+            link = self.links.get(peer_id)
+            if link is not None:
+                return link
+            ctx = DialContext(self.identity, self.hello, peer_id, self.on_request, self.on_notice, lambda: self.links)
+            try:
+                async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                    link = await dial_any(self.book.candidates(peer_id), ctx)
+            except (PeerError, TimeoutError) as e:
+                errors = str(e) or "timed out"
+                if not await self.lookup(peer_id):
+                    await asyncio.sleep(1.0)  # directory links may still be coming up
+                continue
+            self.register(link)
+            return self.links.get(peer_id, link)
+        raise PeerError(errors)
+
+    def keeps(self, peer_id: PeerId) -> bool:
+        """True for a peer this node keeps a link to (configured, a member) or is reaching now."""
+        return peer_id in self._keepers or peer_id in self._reaching
+
+    def wake(self, peer_id: PeerId) -> None:
+        """A peer's addresses changed: a keeper waiting to redial it tries at once."""
+        event = self._wake.get(peer_id)
+        if event is not None and peer_id not in self.links:
+            event.set()
 
     def drop(self, peer_id: PeerId) -> None:
         """Stop keeping a connection that `ensure` started (a peer added by hand stays)."""
@@ -125,6 +189,7 @@ class PeerManager:
         task = self._keepers.pop(peer_id, None)
         if task is not None:
             task.cancel()
+        self._wake.pop(peer_id, None)
 
     def remove(self, peer_id: PeerId) -> bool:
         """Forget a peer: stop dialing and close its link."""
@@ -165,25 +230,41 @@ class PeerManager:
                 await self._changed.wait()
 
     def info(self) -> list[PeerInfo]:
-        """Every configured or connected peer, for `peercloud peers`."""
-        addresses = {PeerId(raw): addr for raw, addr in self.index.peers()}
+        """Every configured, kept or connected peer, for `peercloud peers`."""
+        configured = {PeerId(raw) for raw, _ in self.index.peers()}
         out = []
-        for pid in sorted(set(addresses) | set(self.links)):
+        for pid in sorted(configured | set(self._keepers) | set(self.links)):
             link = self.links.get(pid)
-            until = self.banned.get(pid)
+            if link is None:
+                known = self.book.candidates(pid)
+                out.append(PeerInfo(pid, known[0].address if known else None, banned_until=self.banned.get(pid)))
+                continue
+            rate_in, rate_out = link.meter.rates()
             out.append(
                 PeerInfo(
                     pid,
-                    addresses.get(pid, link.remote if link else None),
-                    link is not None,
-                    link.rtt if link else None,
-                    link.conn.bytes_in if link else 0,
-                    link.conn.bytes_out if link else 0,
-                    ("direct (out)" if link.conn.initiator else "direct (in)") if link else "-",
-                    until,
+                    link.remote,
+                    True,
+                    link.rtt,
+                    link.conn.bytes_in,
+                    link.conn.bytes_out,
+                    link.path,
+                    link.via,
+                    link.since,
+                    rate_in,
+                    rate_out,
+                    self.banned.get(pid),
                 )
             )
         return out
+
+    async def _measure(self) -> None:
+        """Sample every link's byte counters once a second, for its transfer rates."""
+        while True:
+            now = time.monotonic()
+            for link in list(self.links.values()):
+                link.meter.sample(now, link.conn.bytes_in, link.conn.bytes_out)
+            await asyncio.sleep(1.0)
 
     def register(self, link: PeerLink) -> None:
         """A link finished its handshake (dialed or accepted): keep one per peer, say what we hold."""
@@ -206,6 +287,13 @@ class PeerManager:
             link.close("too many peers connected")
             return
         self.links[pid] = link
+        log.info(
+            "link to %s up: %s%s from %s",
+            pid.short(),
+            link.path,
+            f" via {link.via.short()}" if link.via else "",
+            link.remote,
+        )
         self.inventoried.discard(pid)
         link.closed.add_done_callback(lambda _: self._unregister(link))
         if self.on_link is not None:
@@ -335,12 +423,18 @@ class PeerManager:
         for sender in list(self.senders.values()):
             sender.announce(object_id)
 
-    def _keep(self, peer_id: PeerId, address: str) -> None:
-        self._keepers[peer_id] = asyncio.get_running_loop().create_task(self._keeper(peer_id, address))
+    def _keep(self, peer_id: PeerId) -> None:
+        self._wake[peer_id] = asyncio.Event()
+        self._keepers[peer_id] = asyncio.get_running_loop().create_task(self._keeper(peer_id))
 
-    async def _keeper(self, peer_id: PeerId, address: str) -> None:
-        """Dial until connected; when the link drops, dial again with exponential backoff."""
+    async def _keeper(self, peer_id: PeerId) -> None:
+        """Dial until connected; when the link drops, dial again with exponential backoff.
+
+        Each attempt dials every candidate the address book knows now (`connect/dial.py`); a
+        newer record of the peer (`wake`) cuts the wait short and resets the backoff.
+        """
         delay = BACKOFF_START
+        wake = self._wake[peer_id]
         while not self._closing:
             link = self.links.get(peer_id)
             if link is not None:
@@ -352,21 +446,23 @@ class PeerManager:
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if not self.is_banned(peer_id):
+                wake.clear()
+                ctx = DialContext(
+                    self.identity, self.hello, peer_id, self.on_request, self.on_notice, lambda: self.links
+                )
                 try:
-                    link = await dial(
-                        Address.parse(address),
-                        self.identity,
-                        self.hello,
-                        self.on_request,
-                        expected_peer=peer_id,
-                        on_notice=self.on_notice,
-                    )
+                    link = await dial_any(self.book.candidates(peer_id), ctx)
                 except PeerError as e:
-                    log.info("dial %s at %s failed: %s", peer_id.short(), address, e)
+                    log.info("dial %s failed: %s", peer_id.short(), e)
+                    if await self.lookup(peer_id):
+                        continue  # a directory knew newer addresses: dial them now
                 else:
                     self.register(link)
                     continue
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
+                    await wake.wait()
+                    delay = BACKOFF_START / 2  # new addresses: try them now, and soon again
             delay = min(delay * 2, BACKOFF_MAX)
 
 
@@ -374,9 +470,5 @@ async def _at_once(_: PeerLink) -> None:
     return None
 
 
-def parse_peer(text: str) -> tuple[PeerId, Address]:
-    """PEERID@HOST:PORT, as users paste it."""
-    peer, sep, address = text.strip().partition("@")
-    if not sep:
-        raise UsageError(f"expected PEERID@HOST:PORT, got {text!r}")
-    return PeerId.parse(peer), Address.parse(address)
+async def _nothing_new(_: PeerId) -> bool:
+    return False

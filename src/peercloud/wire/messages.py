@@ -32,13 +32,15 @@ class Message:
 
 @dataclass(frozen=True)
 class Hello(Message):
-    """Sent inside the handshake: protocol version, features, software, where we listen."""
+    """Sent inside the handshake: protocol version, features, software, where we listen, and (from
+    the dialing side) the kind of path it dialed: `lan`, `direct`, `mapped`, `punched`, `relayed`."""
 
     TYPE: ClassVar[str] = "hello"
     version: int
     features: tuple[str, ...] = ()
     agent: str = ""
     listen: tuple[str, ...] = ()
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,101 @@ class CatalogPage(Message):
 
 
 @dataclass(frozen=True)
+class Records(Message):
+    """Gossip: signed peer records (`connect/record.py`), the sender's own first; each is verified
+    by the receiver, who keeps only the newest of peers it has a reason to reach."""
+
+    TYPE: ClassVar[str] = "records"
+    records: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Publish(Message):
+    """Directory: keep this signed record of mine (the directory verifies it; newest wins)."""
+
+    TYPE: ClassVar[str] = "publish"
+    id: int
+    record: bytes
+
+
+@dataclass(frozen=True)
+class Published(Message):
+    """The directory kept the record, and saw the publisher come from `observed` (HOST:PORT)."""
+
+    TYPE: ClassVar[str] = "published"
+    id: int
+    observed: str
+    expires_at: int  # when the directory forgets the record unless it is published again
+
+
+@dataclass(frozen=True)
+class Lookup(Message):
+    """Directory: the newest record you have of this peer (a 32-byte public key)."""
+
+    TYPE: ClassVar[str] = "lookup"
+    id: int
+    peer: bytes
+
+
+@dataclass(frozen=True)
+class Found(Message):
+    """Answer to `Lookup`: the record, signed by its peer (the asker verifies it again)."""
+
+    TYPE: ClassVar[str] = "found"
+    id: int
+    record: bytes
+
+
+@dataclass(frozen=True)
+class Reserve(Message):
+    """Relay: keep a reservation for me, so peers that cannot reach me directly reach me through you."""
+
+    TYPE: ClassVar[str] = "reserve"
+    id: int
+
+
+@dataclass(frozen=True)
+class Reserved(Message):
+    """The reservation holds until `expires_at`; circuits join at the relay's splice `port`; the
+    relay saw the holder come from `observed`."""
+
+    TYPE: ClassVar[str] = "reserved"
+    id: int
+    expires_at: int
+    port: int
+    observed: str
+
+
+@dataclass(frozen=True)
+class CircuitOpen(Message):
+    """Relay: connect me to this peer (a 32-byte public key), which holds a reservation with you."""
+
+    TYPE: ClassVar[str] = "circuit_open"
+    id: int
+    peer: bytes
+
+
+@dataclass(frozen=True)
+class Circuit(Message):
+    """The circuit is ready: join it at the splice `port` with `token` (32 bytes), within 10 s."""
+
+    TYPE: ClassVar[str] = "circuit"
+    id: int
+    token: bytes
+    port: int
+
+
+@dataclass(frozen=True)
+class CircuitIncoming(Message):
+    """Relay to a reserved peer: `peer` asks for a circuit to you; join at `port` with `token`."""
+
+    TYPE: ClassVar[str] = "circuit_incoming"
+    peer: bytes
+    token: bytes
+    port: int
+
+
+@dataclass(frozen=True)
 class Error(Message):
     """A typed failure: in answer to request `id`, or (id 0) about the connection."""
 
@@ -275,16 +372,34 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Release: (Ok,),
     Audit: (Proof,),
     CatalogWant: (CatalogPage,),
+    Publish: (Published,),
+    Lookup: (Found,),
+    Reserve: (Reserved,),
+    CircuitOpen: (Circuit,),
 }
-RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Error)
-NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest)
-Request = GetBlock | Ping | Join | Leave | Place | Release | Audit | CatalogWant
-Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest
+RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Published, Found, Reserved, Circuit, Error)
+NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest, Records, CircuitIncoming)
+Request = (
+    GetBlock | Ping | Join | Leave | Place | Release | Audit | CatalogWant | Publish | Lookup | Reserve | CircuitOpen
+)
+Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest | Records | CircuitIncoming
+MAX_RECORDS = 32  # records per Records message
+PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
 MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 _HINTS = {name: get_type_hints(cls) for name, cls in MESSAGES.items()}
 # Error codes a peer may send; anything else is reported as "other".
-ERROR_CODES = ("not_found", "busy", "bad_request", "version", "refused", "other")
+ERROR_CODES = (
+    "not_found",
+    "busy",
+    "bad_request",
+    "version",
+    "refused",
+    "no_reservation",  # relay: the peer asked for holds no reservation here
+    "full",  # relay: no room for another reservation
+    "over_quota",  # relay: circuits per peer reached
+    "other",
+)
 
 
 def encode_header(msg: Message) -> bytes:
@@ -369,6 +484,16 @@ def _validate(msg: Message) -> None:
         raise ProtocolError("proof: path hashes are 32 bytes")
     if isinstance(msg, Place | Release) and any(s > 255 for s in msg.shares):
         raise ProtocolError(f"{msg.TYPE}: share numbers are below 256")
+    if isinstance(msg, Publish | Found) and len(msg.record) > 1000:
+        raise ProtocolError(f"{msg.TYPE}: a record is at most 1000 bytes")
+    if isinstance(msg, Lookup | CircuitOpen | CircuitIncoming) and len(msg.peer) != 32:
+        raise ProtocolError(f"{msg.TYPE}: a peer is a 32-byte public key")
+    if isinstance(msg, Circuit | CircuitIncoming) and (len(msg.token) != 32 or not 0 < msg.port < 65536):
+        raise ProtocolError(f"{msg.TYPE}: a token is 32 bytes and a port in 1..65535")
+    if isinstance(msg, Records) and (len(msg.records) > MAX_RECORDS or any(len(r) > 1000 for r in msg.records)):
+        raise ProtocolError(f"records: at most {MAX_RECORDS} records of at most 1000 bytes")
+    if isinstance(msg, Hello) and msg.path not in ("", *PATHS):
+        raise ProtocolError(f"hello: unknown path {msg.path[:20]!r}")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
     if isinstance(msg, CatalogWant) and (len(msg.buckets) != 32 or len(msg.after) not in (0, 32)):

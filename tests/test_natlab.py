@@ -1,0 +1,137 @@
+"""Peers behind NATs, in a lab of network namespaces (tests/natlab.py): a relay carries what no
+direct path can, seeing only ciphertext, and a second relay takes over when the first dies."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from peercloud.content.manifest import Manifest
+from peercloud.node.config import load_config
+from peercloud.relay.server import RelaySettings
+
+from .conftest import random_bytes
+from .daemons import block_files
+from .natlab import Lab, LabDaemon, natlab
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(autouse=True)
+def _root_and_tools() -> None:
+    # The lab needs root, iproute2, nftables and tcpdump; `make` installs them. Missing, it fails.
+    assert os.geteuid() == 0, "the NAT lab needs root"
+    for tool in ("ip", "nft", "tcpdump"):
+        assert shutil.which(tool), f"{tool} is missing: run `make test`, which installs it"
+
+
+def configure(lab: Lab, name: str, home: str, **settings: object) -> None:
+    """A node home with some config.toml settings changed, as a user edits it."""
+    path = lab.root / home
+    lab.cli(name, path, "init")
+    config = load_config(path / "config.toml")
+    replace(config, **settings).save(path / "config.toml")  # type: ignore[arg-type]
+
+
+def wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except (AssertionError, ValueError, KeyError):
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def peer_row(d: LabDaemon, other: LabDaemon) -> dict[str, object]:
+    return next(r for r in d.json("peers") if r["peer_id"] == other.peer_id)
+
+
+def reserved(d: LabDaemon, count: int = 1) -> bool:
+    return len(d.json("status", "--node")["reachable"]["relays"]) >= count
+
+
+def cloud_of_two(lab: Lab, relays: list[LabDaemon]) -> tuple[LabDaemon, LabDaemon]:
+    """An admin in home 1 and a member in home 2, who know only the public host's roles."""
+    addresses = [r.address for r in relays]
+    configure(lab, "h1a", "a", directories=tuple(addresses[:1]), relays=tuple(addresses))
+    a = lab.start("h1a", "a")
+    a.cli("cloud", "create", "lab")
+    wait_until(lambda: reserved(a, len(relays)), 30, "the admin's reservations")
+    token = a.cli("cloud", "invite").stdout.strip().splitlines()[-1]
+    b = lab.start("h2a", "b")  # configured with nothing: the invite brings directory and relays
+    b.cli("cloud", "join", token)
+    wait_until(lambda: peer_row(b, a)["path"] == "relayed", 30, "b to reach a through the relay")
+    return a, b
+
+
+def test_behind_a_symmetric_nat_a_relay_carries_a_50mib_get_and_sees_only_ciphertext(tmp_path: Path) -> None:
+    with natlab(tmp_path, {1: (1, "cone"), 2: (1, "symmetric")}) as lab:
+        pub = lab.start("pub", "pub", roles=("directory", "relay"))
+        capture = tmp_path / "relay.pcap"
+        dump = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("pub"), "tcpdump", "-i", "eth0", "-w", str(capture), "-U", "-s", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)  # tcpdump is listening
+            a, b = cloud_of_two(lab, [pub])
+            src = tmp_path / "film.bin"
+            data = random_bytes(50 * 1024 * 1024, seed=50)
+            src.write_bytes(data)
+            added = a.json("add", str(src), "--class", "replica-1")
+            out = tmp_path / "copy.bin"
+            b.json("get", added["read_cap"], "-o", str(out))
+            assert out.read_bytes() == data
+            row = peer_row(b, a)
+            assert row["path"] == "relayed" and row["via"] == pub.peer_id
+            assert peer_row(a, b)["path"] == "relayed"
+        finally:
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=10)
+        seen = capture.read_bytes()
+        assert len(seen) > 50 * 1024 * 1024, "the capture missed the transfer"
+        manifest = Manifest.decode((a.home / "blocks" / added["object_id"][:2] / added["object_id"]).read_bytes())
+        for _, _, bid in manifest.blocks():
+            assert bid not in seen and bid.hex().encode() not in seen, "a block ID crossed the relay in the clear"
+        for offset in range(0, len(data) - 64, len(data) // 200):
+            assert data[offset : offset + 64] not in seen, "plaintext crossed the relay"
+        for marker in (b"peercloud/", b"hello", b"features", a.peer_id.encode(), b.peer_id.encode()):
+            assert marker not in seen, f"{marker!r} crossed the relay in the clear"
+
+
+def test_the_second_relay_takes_over_when_the_first_dies_mid_transfer(tmp_path: Path) -> None:
+    with natlab(tmp_path, {1: (1, "symmetric"), 2: (1, "symmetric")}) as lab:
+        first = lab.start("pub", "relay1", roles=("directory", "relay"))
+        configure(lab, "pub", "relay2", relay=RelaySettings(listen="0.0.0.0:4662"))  # a second relay beside it
+        second = lab.start("pub", "relay2", roles=("relay",), port=4660)
+        a, b = cloud_of_two(lab, [first, second])
+        wait_until(lambda: reserved(b, 2), 30, "b's reservations on both relays")
+        src = tmp_path / "big.bin"
+        data = random_bytes(128 * 1024 * 1024, seed=64)
+        src.write_bytes(data)
+        added = a.json("add", str(src), "--class", "replica-1")
+        out = tmp_path / "copy.bin"
+        via = peer_row(b, a)["via"]
+        doomed = first if via == first.peer_id else second
+        before = block_files(b.home)
+        getter = lab.popen("h2a", b.home, "get", added["read_cap"], "-o", str(out))
+        while block_files(b.home) < before + 16:  # the transfer is under way: 16 of 129 blocks arrived
+            assert getter.poll() is None, "the get ended before the relay could die"
+            time.sleep(0.01)
+        doomed.proc.kill()
+        doomed.proc.wait()
+        _, err = getter.communicate(timeout=300)
+        assert getter.returncode == 0, err
+        assert out.read_bytes() == data
+        survivor = second if doomed is first else first
+        assert peer_row(b, a)["via"] == survivor.peer_id
+
