@@ -88,9 +88,11 @@ class Lab:
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
-    def run(self, name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, name: str, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """A command inside one of the lab's namespaces."""
-        return sh("ip", "netns", "exec", self.ns(name), *args, check=check)
+        return sh("ip", "netns", "exec", self.ns(name), *args, check=check, input=input)
 
     def _add_ns(self, name: str) -> None:
         sh("ip", "netns", "add", self.ns(name))
@@ -133,7 +135,7 @@ table inet filter {{
     chain guard_input {{ type filter hook input priority filter; iifname "wan0" ct state new drop; }}
 }}
 """
-            sh("ip", "netns", "exec", self.ns(router), "nft", "-f", "-", input=rules)
+            self.run(router, "nft", "-f", "-", input=rules)
             for j in range(hosts):
                 host = f"h{i}{chr(ord('a') + j)}"
                 self._add_ns(host)

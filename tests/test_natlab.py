@@ -68,8 +68,23 @@ def cloud_of_two(lab: Lab, relays: list[LabDaemon]) -> tuple[LabDaemon, LabDaemo
     token = a.cli("cloud", "invite").stdout.strip().splitlines()[-1]
     b = lab.start("h2a", "b")  # configured with nothing: the invite brings directory and relays
     b.cli("cloud", "join", token)
-    wait_until(lambda: peer_row(b, a)["path"] == "relayed", 30, "b to reach a through the relay")
+    wait_until(lambda: peer_row(b, a)["path"] in ("relayed", "punched"), 30, "b to reach a through the relay")
     return a, b
+
+
+def transfer(a: LabDaemon, b: LabDaemon, tmp: Path, size: int, seed: int) -> tuple[dict[str, str], bytes]:
+    """`a` adds a file of `size` random bytes, `b` gets it: the bytes must match."""
+    src, out = tmp / f"sent-{seed}.bin", tmp / f"got-{seed}.bin"
+    data = random_bytes(size, seed=seed)
+    src.write_bytes(data)
+    added: dict[str, str] = a.json("add", str(src), "--class", "replica-1")
+    b.json("get", added["read_cap"], "-o", str(out))
+    assert out.read_bytes() == data
+    return added, data
+
+
+def logged(d: LabDaemon, text: str) -> bool:
+    return text in (d.home.parent / f"{d.home.name}.log").read_text()
 
 
 def test_behind_a_symmetric_nat_a_relay_carries_a_50mib_get_and_sees_only_ciphertext(tmp_path: Path) -> None:
@@ -84,13 +99,7 @@ def test_behind_a_symmetric_nat_a_relay_carries_a_50mib_get_and_sees_only_cipher
         try:
             time.sleep(1.0)  # tcpdump is listening
             a, b = cloud_of_two(lab, [pub])
-            src = tmp_path / "film.bin"
-            data = random_bytes(50 * 1024 * 1024, seed=50)
-            src.write_bytes(data)
-            added = a.json("add", str(src), "--class", "replica-1")
-            out = tmp_path / "copy.bin"
-            b.json("get", added["read_cap"], "-o", str(out))
-            assert out.read_bytes() == data
+            added, data = transfer(a, b, tmp_path, 50 * 1024 * 1024, seed=50)
             row = peer_row(b, a)
             assert row["path"] == "relayed" and row["via"] == pub.peer_id
             assert peer_row(a, b)["path"] == "relayed"
@@ -135,3 +144,48 @@ def test_the_second_relay_takes_over_when_the_first_dies_mid_transfer(tmp_path: 
         survivor = second if doomed is first else first
         assert peer_row(b, a)["via"] == survivor.peer_id
 
+
+def test_behind_cone_nats_the_relayed_link_is_punched_and_outlives_directory_and_relay(tmp_path: Path) -> None:
+    with natlab(tmp_path, {1: (1, "cone"), 2: (1, "cone")}) as lab:
+        pub = lab.start("pub", "pub", roles=("directory", "relay"))
+        a, b = cloud_of_two(lab, [pub])
+        wait_until(lambda: peer_row(b, a)["path"] == "punched", 30, "the relayed link to be punched")
+        assert logged(b, f"link to {a.peer_id[:13]} up: relayed via {pub.peer_id[:13]}")  # it started relayed
+        assert peer_row(a, b)["path"] == "punched" and peer_row(b, a)["via"] is None
+        assert str(peer_row(b, a)["address"]).startswith("203.0.113.1:")  # a's NAT, not the relay
+        transfer(a, b, tmp_path, 50 * 1024 * 1024, seed=51)
+        # The directory and the relay only introduced them: stopped, nothing changes between the two.
+        assert pub.stop() == 0
+        transfer(a, b, tmp_path, 3 * 1024 * 1024, seed=52)
+        assert peer_row(b, a)["path"] == "punched"
+
+
+def test_members_on_one_lan_find_each_other_by_mdns_with_no_directory(tmp_path: Path) -> None:
+    with natlab(tmp_path, {1: (3, "cone")}) as lab:
+        a = lab.start("h1a", "a")
+        a.cli("cloud", "create", "home")
+        b = lab.start("h1b", "b")
+        b.cli("cloud", "join", a.cli("cloud", "invite").stdout.strip().splitlines()[-1])
+        wait_until(lambda: peer_row(b, a)["path"] == "lan", 30, "b to link to a")
+        # A stranger on the same LAN listens to what is advertised.
+        stranger = subprocess.Popen(
+            ["ip", "netns", "exec", lab.ns("h1c"), "tcpdump", "-i", "eth0", "-l", "-A", "-n", "udp", "port", "5353"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            time.sleep(1.0)
+            # Both move to other ports: the document, the records and the invite all name old
+            # ones, and there is no directory. Only LAN discovery can bring them together again.
+            assert a.stop() == 0 and b.stop() == 0
+            a2 = lab.start("h1a", "a", port=4651)
+            b2 = lab.start("h1b", "b", port=4652)
+            wait_until(lambda: peer_row(b2, a2)["path"] == "lan", 30, "mDNS to bring them together")
+            assert str(peer_row(a2, b2)["path"]) == "lan"
+        finally:
+            stranger.terminate()
+        heard = stranger.communicate(timeout=10)[0]
+        assert "_peercloud._tcp" in heard  # the stranger did hear the advertisements, and in them
+        for secret in (a.peer_id, b.peer_id, a.peer_id[5:17], b.peer_id[5:17], "home"):
+            assert secret not in heard  # nothing that names the cloud or a peer

@@ -69,7 +69,9 @@ def test_relay_quotas_refuse_with_types_and_a_real_circuit_still_works(daemons: 
         # And a real circuit: a reaches b through the relay, Noise end to end, and b's ping answers.
         circuit = a.call(la, to_b).message
         assert isinstance(circuit, m.Circuit)
-        incoming = [x for x in b.notices if isinstance(x, m.CircuitIncoming)][-1]
+        told = lambda: [x for x in b.notices if isinstance(x, m.CircuitIncoming)]  # noqa: E731
+        wait_for(lambda: len(told()) == 3, 5, "b to hear of the third circuit")
+        incoming = told()[-1]
         where = Address("127.0.0.1", circuit.port)
 
         async def end(raw: Raw, token: bytes, initiator: bool, peer: PeerId) -> PeerLink:

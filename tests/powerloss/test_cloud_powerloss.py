@@ -30,6 +30,7 @@ from .harness import Outcome, power_cuts, power_out
 
 # A run here starts three to four daemons and waits for placement and audits (~15 s): fewer cuts.
 CUTS = int(os.environ.get("PEERCLOUD_POWERLOSS_CUTS", CUTS_DEFAULT * 5 // 8))
+Act = Callable[[Daemon, dict[str, Daemon]], bool]  # a workload step with the member and the others up
 SETTLE = 90.0  # seconds a run may take to place, prove and heal (the cut disk is slow)
 
 
@@ -118,6 +119,21 @@ class Member:
             with suppress(subprocess.TimeoutExpired):
                 d.stop(timeout=10)
 
+    def session(
+        self, mnt: Path, homes: tuple[Path, Path, dict[str, int]], manifest: Manifest, me: str, act: Act
+    ) -> bool:
+        """The member on the cut disk beside the others (restored from `homes`): `act` is the workload;
+        afterwards, with the member stopped, what the admin heard it announce is kept for the check."""
+        pristine, run, ports = homes
+        with restored(pristine, run, ports) as others, self.running(mnt / "home") as d:
+            try:
+                return d is not None and act(d, others)
+            finally:
+                if d is not None:
+                    with suppress(subprocess.TimeoutExpired):
+                        d.stop(timeout=10)
+                self.heard(others["admin"], manifest, me)
+
     def heard(self, watcher: Daemon, manifest: Manifest, peer_id: str) -> None:
         """Remember what the watcher believes the member holds (after the member stopped)."""
         announced, _ = claims(watcher, manifest.object_id.hex(), peer_id)
@@ -160,15 +176,11 @@ def scenario_join(tmp_path: Path, cuts: int) -> None:
         return len(proved) == len(manifest.blocks()) and catalog_size(d) == 13
 
     def workload(mnt: Path) -> bool:
-        with restored(pristine, run, ports) as others, member.running(mnt / "home") as d:
-            try:
-                joined = d is not None and d.cli("cloud", "join", token, "--offer", "1GiB", check=False).returncode == 0
-                return joined and until(lambda: settled(d, others["admin"]), mnt)  # type: ignore[arg-type]
-            finally:
-                if d is not None:
-                    with suppress(subprocess.TimeoutExpired):
-                        d.stop(timeout=10)
-                member.heard(others["admin"], manifest, me)
+        def act(d: Daemon, others: dict[str, Daemon]) -> bool:
+            joined = d.cli("cloud", "join", token, "--offer", "1GiB", check=False).returncode == 0
+            return joined and until(lambda: settled(d, others["admin"]), mnt)
+
+        return member.session(mnt, (pristine, run, ports), manifest, me, act)
 
     def check(mnt: Path, outcome: Outcome) -> None:
         home = mnt / "home"
@@ -225,14 +237,8 @@ def scenario_rebuild(tmp_path: Path, cuts: int) -> None:
         return len(proved) == manifest.segment_count
 
     def workload(mnt: Path) -> bool:
-        with restored(pristine, run, ports) as others, member.running(mnt / "home") as d:
-            try:
-                return d is not None and until(lambda: column_rebuilt(others["admin"]), mnt)
-            finally:
-                if d is not None:
-                    with suppress(subprocess.TimeoutExpired):
-                        d.stop(timeout=10)
-                member.heard(others["admin"], manifest, me)
+        act = lambda d, others: until(lambda: column_rebuilt(others["admin"]), mnt)  # noqa: E731
+        return member.session(mnt, (pristine, run, ports), manifest, me, act)
 
     def check(mnt: Path, outcome: Outcome) -> None:
         home = mnt / "home"

@@ -6,6 +6,7 @@ the home directly otherwise; commands that need the network say so when no daemo
 
 # ruff: noqa: E402 - the Ctrl-C guard just below must run before the (slow) imports it guards
 
+import atexit
 import contextlib
 import os
 import signal
@@ -38,7 +39,16 @@ def interrupt_commands() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _ignore_late_interrupts() -> None:
+    """At exit, once threads are joined: the interpreter resets a Python SIGINT handler to the
+    default action while it finalizes, so a Ctrl-C landing then would kill the process (status
+    -2) after its command succeeded. An ignored signal is left ignored."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 _GUARDED_IMPORT = quiet_interrupts()  # the console script imports this module first thing
+atexit.register(_ignore_late_interrupts)  # registered first, so it runs last
 
 import http.client
 import logging

@@ -148,12 +148,13 @@ class AddressBook:
         self.hints[peer] = list(dict.fromkeys(merged))[:MAX_HINTS]
 
     def candidates(self, peer: PeerId) -> list[Candidate]:
-        """Every way to reach a peer, best first: its record's candidates by kind, then hints."""
+        """Every way to reach a peer, best kind first (lan, mapped, public, relay); within a kind,
+        its record's candidates before hints (the latest hint first)."""
         rec = self.record(peer)
-        ordered = sorted(rec.candidates, key=lambda c: PREFERENCE.index(c.kind)) if rec else []
-        seen = {c.address for c in ordered}
-        ordered += [Candidate(kind_of(a), a) for a in self.hints.get(peer, ()) if a not in seen]
-        return ordered
+        found = list(rec.candidates) if rec else []
+        seen = {c.address for c in found}
+        found += [Candidate(kind_of(a), a) for a in self.hints.get(peer, ()) if a not in seen]
+        return sorted(found, key=lambda c: PREFERENCE.index(c.kind))
 
     def sign_own(self, candidates: list[Candidate]) -> PeerRecord | None:
         """Our record for these candidates: re-signed when they changed or it nears expiry.

@@ -12,8 +12,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 
 from peercloud.connect.record import Candidate, Kind
+from peercloud.connect.sockets import connect_from
 from peercloud.identity import Identity, PeerId
-from peercloud.net.link import Address, NoticeHandler, PeerError, PeerLink, RequestHandler, dial
+from peercloud.net.link import DIAL_TIMEOUT, Address, NoticeHandler, PeerError, PeerLink, RequestHandler, dial
 from peercloud.wire import messages as m
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,21 @@ class DialContext:
     on_request: RequestHandler
     on_notice: NoticeHandler | None
     links: Callable[[], dict[PeerId, PeerLink]] = dict  # links we have (a relay's, to ask it for a circuit)
+    local: Address | None = None  # our listening address: direct dials leave from its port
 
 
 Dialer = Callable[[Candidate, DialContext], Coroutine[None, None, PeerLink]]
 
 
 async def dial_direct(candidate: Candidate, ctx: DialContext) -> PeerLink:
-    """A TCP connection to the candidate's address, Noise XX inside."""
+    """A TCP connection to the candidate's address from our listening port, Noise XX inside."""
     hello = replace(ctx.hello, path=PATH_OF[candidate.kind])
-    return await dial(Address.parse(candidate.address), ctx.identity, hello, ctx.on_request, ctx.peer, ctx.on_notice)
+    where = Address.parse(candidate.address)
+    try:
+        sock = await connect_from(ctx.local, where, DIAL_TIMEOUT)
+    except (OSError, TimeoutError) as e:
+        raise PeerError(f"cannot connect to {where}: {getattr(e, 'strerror', None) or e or 'timed out'}") from None
+    return await dial(where, ctx.identity, hello, ctx.on_request, ctx.peer, ctx.on_notice, sock=sock)
 
 
 DIALERS: dict[Kind, Dialer] = {Kind.LAN: dial_direct, Kind.PUBLIC: dial_direct, Kind.MAPPED: dial_direct}

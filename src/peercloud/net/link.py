@@ -262,6 +262,10 @@ class PeerLink(asyncio.BufferedProtocol):
             f"writable {self._writable.is_set()}, {len(self._pending)} asked, {len(self._handlers)} answering"
         )
 
+    def idle(self) -> bool:
+        """True when nothing is asked or being answered here: closing it now loses no request."""
+        return not self._pending and not self._handlers
+
     def close(self, reason: str = "bye") -> None:
         """End the connection politely."""
         self.conn.close(reason)
@@ -446,4 +450,5 @@ async def listen(
             )
         return link
 
-    return await loop.create_server(factory, host, port, reuse_address=True)
+    # reuse_port: outgoing connections leave from this port too (connect/sockets.py)
+    return await loop.create_server(factory, host, port, reuse_address=True, reuse_port=True)

@@ -5,17 +5,23 @@ Composition only: each concern lives in its room (`connect/`, `directory/`, `rel
 where the daemon plugs them into one another and routes their messages.
 """
 
+import asyncio
+import contextlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from peercloud.cloud.document import Invite
-from peercloud.connect.book import AddressBook
+from peercloud.cloud.document import CloudDoc, Invite
+from peercloud.connect.book import AddressBook, kind_of
+from peercloud.connect.mdns import LanDiscovery
+from peercloud.connect.punch import Puncher
 from peercloud.connect.reach import Reach
+from peercloud.connect.record import Kind
 from peercloud.directory.client import DirectoryClient
 from peercloud.directory.server import DirectoryServer
 from peercloud.identity import PeerId
-from peercloud.net.link import PeerLink, parse_peer
+from peercloud.net.link import Address, PeerLink, parse_peer
 from peercloud.node.local import LocalNode
 from peercloud.relay.client import RelayClient
 from peercloud.relay.server import RelayServer
@@ -23,6 +29,7 @@ from peercloud.swarm.peers import PeerManager
 from peercloud.wire import messages as m
 
 ROLES = frozenset({"directory", "relay"})  # what `up --role` may add
+PUNCH_RETRY_CHECK = 30.0  # seconds between looks for relayed links due another punch
 
 
 class Network:
@@ -36,10 +43,12 @@ class Network:
         is_member: Callable[[PeerId], bool],
         listening: Callable[[], list[str]],
         roles: frozenset[str],
+        doc: Callable[[], CloudDoc | None],
     ) -> None:
         self.node = node
         self.peers = peers
         self.book = book
+        self.listening = listening
         self.reach = Reach(book, lambda: peers.links, listening, is_member, peers.wake)
         self.directory = DirectoryServer() if "directory" in roles else None
         self.directories = DirectoryClient(book, lambda: peers.links, peers.ensure, self.reach.observe)
@@ -61,6 +70,21 @@ class Network:
         self.reach.on_own = self.directories.on_own_record
         self.reach.relays = self.relays.candidates
         peers.lookup = self.directories.lookup
+        peers.from_listen_port = lambda peer: peer in self.directories.directories or peer in self.relays.relays
+        self.puncher = Puncher(
+            lambda link: peers.context(link.peer_id),  # type: ignore[arg-type]
+            lambda: peers.local(),  # a punch always leaves from our listening port
+            self._public,
+            peers.register,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.lan = LanDiscovery(
+            node.identity.peer_id,
+            lambda: d.cloud_id if (d := doc()) else None,
+            lambda: [x.peer_id for x in d.members] if (d := doc()) else [],
+            lambda: Address.parse(listening()[0]).port,
+            self._found_on_lan,
+        )
 
     async def start(self) -> None:
         """Our record, then the relay role's listener, then links to directories and relays."""
@@ -72,12 +96,20 @@ class Network:
             self.directories.add(*parse_peer(text))
         for text in self.node.config.relays:
             self.relays.add(*parse_peer(text))
+        self._spawn(self._punch_later())
+        if not _loopback(self.listening()[0]):
+            self.lan.start()  # a node on loopback only has no LAN to discover
 
-    def stop(self) -> None:
-        """Stop renewing, publishing and relaying."""
+    async def stop(self) -> None:
+        """Stop renewing, publishing, relaying and advertising."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await self.lan.stop()
         self.reach.stop()
         self.directories.stop()
         self.relays.stop()
+        for task in self._tasks:
+            task.cancel()
         if self.relay is not None:
             self.relay.stop()
 
@@ -86,6 +118,7 @@ class Network:
         self.reach.on_link(link)
         self.directories.on_link(link)
         self.relays.on_link(link)
+        self._maybe_punch(link)
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> bool:
         """Handle the notices of reach; False for others."""
@@ -93,6 +126,8 @@ class Network:
             self.reach.on_records(link, msg)
         elif isinstance(msg, m.CircuitIncoming):
             self.relays.on_incoming(link, msg)
+        elif isinstance(msg, m.PunchGo):
+            self.puncher.on_go(link)
         else:
             return False
         return True
@@ -109,6 +144,11 @@ class Network:
                 await link.answer(msg.id, m.Error(msg.id, "refused", "this node is not a relay"))
             else:
                 await self.relay.on_request(link, msg)
+        elif isinstance(msg, m.Punch):
+            if link.path != "relayed":
+                await link.answer(msg.id, m.Error(msg.id, "refused", "punching is for relayed links"))
+            else:
+                await self.puncher.answer(link, msg)
         else:
             return False
         return True
@@ -131,6 +171,32 @@ class Network:
             )
             self.node.config.save(self.node.home.config_path)
 
+    def _found_on_lan(self, peer: PeerId, addresses: list[str]) -> None:
+        """A member advertised itself on our LAN: dial it there now."""
+        self.peers.ensure(peer, addresses)
+        self.peers.wake(peer)
+
+    def _public(self) -> list[str]:
+        """Our public addresses as others observed them: what a punch aims at."""
+        return [a for a in dict.fromkeys(self.reach.observed.values()) if kind_of(a) is Kind.PUBLIC]
+
+    def _maybe_punch(self, link: PeerLink) -> None:
+        """Over a relayed link we dialed, try for a direct path (the other side answers)."""
+        if link.path == "relayed" and link.conn.initiator and self.puncher.due(link):
+            self._spawn(self.puncher.start(link))
+
+    async def _punch_later(self) -> None:
+        """Punches that failed are tried again, with backoff, while the link stays relayed."""
+        while True:
+            await asyncio.sleep(PUNCH_RETRY_CHECK)
+            for link in list(self.peers.links.values()):
+                self._maybe_punch(link)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def status(self) -> dict[str, Any]:
         """How this node is reachable, and what its roles do, for `status --node`."""
         out = self.reach.status()
@@ -142,3 +208,12 @@ class Network:
         if self.directory is not None:
             out["directory_role"] = {"records": len(self.directory.records)}
         return out
+
+
+def _loopback(listen: str) -> bool:
+    """True for a listener bound to a loopback address (tests, a node kept to this machine)."""
+    host = Address.parse(listen).host
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

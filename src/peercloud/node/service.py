@@ -90,7 +90,15 @@ class NodeService:
         self.peers.on_link = self._on_link
         self.peers.on_notice_extra = self._on_notice
         self.membership = Membership(node.identity, node.index, self.peers, lambda: self.listening)
-        self.network = Network(node, self.peers, self.book, self.membership.is_member, lambda: self.listening, roles)
+        self.network = Network(
+            node,
+            self.peers,
+            self.book,
+            self.membership.is_member,
+            lambda: self.listening,
+            roles,
+            lambda: self.membership.doc,
+        )
         self.membership.directories = self.network.directories.configured
         self.membership.relays = self.network.relays.configured
         self.membership.on_invite = self.network.adopt
@@ -117,6 +125,8 @@ class NodeService:
             on_notice=self.peers.on_notice,
         )
         self.listening = [str(Address(*s.getsockname()[:2])) for s in self._server.sockets]
+        bound = Address.parse(self.listening[0])
+        self.peers.local = lambda: bound
         await self.network.start()
         self.peers.start()
         self.membership.start()
@@ -132,7 +142,7 @@ class NodeService:
         """Close the listener, links and background tasks, in at most `timeout` seconds whatever they do."""
         if self._server is not None:
             self._server.close()  # no new peers while the rest closes
-        self.network.stop()
+        await self.network.stop()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         peers = loop.create_task(self.peers.stop(timeout - 0.2))

@@ -29,6 +29,7 @@ KEEPALIVE_MISSES = 2  # pings in a row answered by nothing at all: the link is c
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
 INTAKE_DEPTH = 8  # HAVE messages queued per link before we stop reading it
 REACH_TIMEOUT = 30.0  # seconds `reach` keeps trying
+RETIRE = 30.0  # seconds a replaced relayed link may take to finish what is in flight
 MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
 
 
@@ -80,6 +81,11 @@ class PeerManager:
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
         self._wake: dict[PeerId, asyncio.Event] = {}  # set when a peer's addresses change
         self._reaching: set[PeerId] = set()  # peers `reach` is dialing once
+        self.local: Callable[[], Address | None] = lambda: None  # our listening address
+        # Peers we dial from our listening port: directories and relays, whose view of where we come
+        # from must be the NAT mapping of that port (what a hole punch aims at). Dials to other
+        # peers leave from any port, so a failed one cannot leave a NAT state on the punch's path.
+        self.from_listen_port: Callable[[PeerId], bool] = lambda _: False
         self._meter: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._closing = False
@@ -141,7 +147,8 @@ class PeerManager:
         """A link to a peer now (its existing one, or a new one), by every candidate known and, failing
         those, what the directories know; for a one-off request such as a join.
 
-        The link is registered like any other; PeerError when none came up within `timeout`.
+        A new link is not registered: the caller closes it when done (a joiner is not a member
+        yet, so the link the cloud keeps comes after). PeerError when none came up within `timeout`.
         """
         self.book.hint(peer_id, hints)
         loop = asyncio.get_running_loop()
@@ -159,7 +166,7 @@ class PeerManager:
             link = self.links.get(peer_id)
             if link is not None:
                 return link
-            ctx = DialContext(self.identity, self.hello, peer_id, self.on_request, self.on_notice, lambda: self.links)
+            ctx = self.context(peer_id)
             try:
                 async with asyncio.timeout(max(0.1, deadline - loop.time())):
                     link = await dial_any(self.book.candidates(peer_id), ctx)
@@ -168,9 +175,15 @@ class PeerManager:
                 if not await self.lookup(peer_id):
                     await asyncio.sleep(1.0)  # directory links may still be coming up
                 continue
-            self.register(link)
-            return self.links.get(peer_id, link)
+            return link
         raise PeerError(errors)
+
+    def context(self, peer_id: PeerId) -> DialContext:
+        """What a dialer needs to reach `peer_id` on behalf of this node."""
+        local = self.local() if self.from_listen_port(peer_id) else None
+        return DialContext(
+            self.identity, self.hello, peer_id, self.on_request, self.on_notice, lambda: self.links, local
+        )
 
     def keeps(self, peer_id: PeerId) -> bool:
         """True for a peer this node keeps a link to (configured, a member) or is reaching now."""
@@ -274,7 +287,14 @@ class PeerManager:
             link.close("banned" if not self._closing else "shutting down")
             return
         existing = self.links.get(pid)
-        if existing is not None and existing is not link:
+        if existing is not None and existing is not link and (existing.path == "relayed") != (link.path == "relayed"):
+            # A direct path beats a relayed one, on both ends: requests in flight on the relayed
+            # link finish there, new ones take the direct link, and then the relayed one closes.
+            if link.path == "relayed":
+                link.close("a direct link exists")
+                return
+            self._retire(existing)
+        elif existing is not None and existing is not link:
             # Both sides dialed: keep the link whose dialer has the smaller peer ID, on both ends.
             def dialer(lk: PeerLink) -> bytes:
                 return self.identity.peer_id.public_key if lk.conn.initiator else pid.public_key
@@ -310,6 +330,19 @@ class PeerManager:
                 task.cancel()
 
         link.closed.add_done_callback(closed)
+
+    def _retire(self, old: PeerLink) -> None:
+        """Close a link replaced by a better path once nothing is in flight on it (at most RETIRE s)."""
+
+        async def drain() -> None:
+            deadline = time.monotonic() + RETIRE
+            while not old.idle() and time.monotonic() < deadline and old.conn.state is State.OPEN:
+                await asyncio.sleep(0.1)
+            old.close("moved to a direct path")
+
+        task = asyncio.get_running_loop().create_task(drain())
+        self._intake_tasks.add(task)
+        task.add_done_callback(self._intake_tasks.discard)
 
     async def _keepalive(self, link: PeerLink) -> None:
         """Measure RTT now and every KEEPALIVE seconds; a peer silent for KEEPALIVE_MISSES pings is dropped.
@@ -447,9 +480,7 @@ class PeerManager:
                 continue
             if not self.is_banned(peer_id):
                 wake.clear()
-                ctx = DialContext(
-                    self.identity, self.hello, peer_id, self.on_request, self.on_notice, lambda: self.links
-                )
+                ctx = self.context(peer_id)
                 try:
                     link = await dial_any(self.book.candidates(peer_id), ctx)
                 except PeerError as e:

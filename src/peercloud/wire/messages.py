@@ -345,6 +345,31 @@ class CircuitIncoming(Message):
 
 
 @dataclass(frozen=True)
+class Punch(Message):
+    """Over a relayed link: let us punch a direct path; these are my public addresses (HOST:PORT)."""
+
+    TYPE: ClassVar[str] = "punch"
+    id: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PunchOk(Message):
+    """Agreed; these are mine. Dial them the moment you send `punch_go` (plus half a round trip)."""
+
+    TYPE: ClassVar[str] = "punch_ok"
+    id: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PunchGo(Message):
+    """Dial now: the sender dials half a round trip later, so both SYNs leave together."""
+
+    TYPE: ClassVar[str] = "punch_go"
+
+
+@dataclass(frozen=True)
 class Error(Message):
     """A typed failure: in answer to request `id`, or (id 0) about the connection."""
 
@@ -376,13 +401,26 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Lookup: (Found,),
     Reserve: (Reserved,),
     CircuitOpen: (Circuit,),
+    Punch: (PunchOk,),
 }
-RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Published, Found, Reserved, Circuit, Error)
-NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest, Records, CircuitIncoming)
+RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Published, Found, Reserved, Circuit, PunchOk, Error)
+NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest, Records, CircuitIncoming, PunchGo)
 Request = (
-    GetBlock | Ping | Join | Leave | Place | Release | Audit | CatalogWant | Publish | Lookup | Reserve | CircuitOpen
+    GetBlock
+    | Ping
+    | Join
+    | Leave
+    | Place
+    | Release
+    | Audit
+    | CatalogWant
+    | Publish
+    | Lookup
+    | Reserve
+    | CircuitOpen
+    | Punch
 )
-Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest | Records | CircuitIncoming
+Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest | Records | CircuitIncoming | PunchGo
 MAX_RECORDS = 32  # records per Records message
 PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
