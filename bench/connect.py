@@ -86,7 +86,9 @@ def set_nat(lab: Lab, home: int, symmetric: bool) -> None:
     """Switch a home router between a cone (port-keeping) and a symmetric NAT."""
     masquerade = "masquerade fully-random" if symmetric else "masquerade"
     rules = f"""flush table ip nat
-table ip nat {{ chain post {{ type nat hook postrouting priority srcnat; oifname "wan0" {masquerade}; }} }}
+table ip nat {{
+    chain post {{ type nat hook postrouting priority srcnat; oifname "wan0" {masquerade}; }}
+}}
 """
     lab.run(f"r{home}", "nft", "-f", "/dev/stdin", input=rules)
 
@@ -135,10 +137,13 @@ def main() -> None:
         }
         punches = []
         log = root / "b.log"
-        for _ in range(5):  # b restarts: its link to a comes up relayed, then punched
+        # b restarts, each time on another port (a quick restart on the same port meets the old
+        # punched connection's NAT state and punches only at the next retry): relayed, then punched.
+        ports = iter(range(4700, 4800))
+        for _ in range(5):
             b.stop()
             since = len(log.read_text().splitlines())
-            b = lab.start("h2a", "b")
+            b = lab.start("h2a", "b", port=next(ports))
             wait_path(b, a, {"punched"})
             punches.append(punch_seconds(log, short, since))
         kinds["punched (relayed link up -> punched link up)"] = punches
@@ -156,7 +161,7 @@ def main() -> None:
             relayed = i % 2 == 0
             set_nat(lab, 2, symmetric=relayed)
             b.stop()
-            b = lab.start("h2a", "b")
+            b = lab.start("h2a", "b", port=next(ports))
             got = wait_path(b, a, {"relayed"} if relayed else {"punched"})
             out = root / "copy.bin"
             cpu = cpu_seconds(pub.proc.pid)

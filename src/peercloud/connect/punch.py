@@ -40,7 +40,8 @@ async def simultaneous(
     """Connect to every target at once from our listening port; the first TCP connection wins."""
     if not targets:
         raise PeerError("no public address to punch to")
-    tasks = [asyncio.ensure_future(connect_from(local, t, timeout)) for t in targets]
+    # No fallback to another port: a punch from any other port cannot meet the peer's.
+    tasks = [asyncio.ensure_future(connect_from(local, t, timeout, fallback=False)) for t in targets]
     winner: socket.socket | None = None
     errors = []
     try:
@@ -101,7 +102,9 @@ class Puncher:
         self.failures: dict[bytes, int] = {}  # punches that failed per peer, for the backoff
         self.next_try: dict[bytes, float] = {}
         self._waiting: dict[PeerLink, asyncio.Future[None]] = {}  # answers waiting for punch_go
-        self._answers = Buckets(TRIES / 60.0, TRIES)  # punches we answer per peer: a round a minute
+        # Punch requests we answer per peer: 10 a minute (each makes us connect to at most 4 public
+        # addresses), plenty for a few rounds of 3 tries and restarts, too few to use us for scans.
+        self._answers = Buckets(10 / 60.0, 10)
 
     def due(self, link: PeerLink) -> bool:
         """True when a punch over this relayed link may be tried now (backoff after failures)."""
