@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/repair.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/connect.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

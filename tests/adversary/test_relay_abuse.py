@@ -63,8 +63,13 @@ def test_relay_quotas_refuse_with_types_and_a_real_circuit_still_works(daemons: 
         for s in idle:
             s.close()
         wait_for(lambda: relay_status(relay)["joining"] == 0, 10, "idle joins to go")
-        # A node without the role says so.
-        assert code_of(a, a.connect(plain), lambda i: m.Reserve(i)) == "refused"
+        # A node without the role says so; punching is only for relayed links, and an unasked
+        # punch_go changes nothing.
+        to_plain = a.connect(plain)
+        assert code_of(a, to_plain, lambda i: m.Reserve(i)) == "refused"
+        assert code_of(a, to_plain, lambda i: m.Punch(i, ("203.0.113.5:4650",))) == "refused"
+        a.notify(to_plain, m.PunchGo())
+        assert a.run(to_plain.ping()) < 5
 
         # And a real circuit: a reaches b through the relay, Noise end to end, and b's ping answers.
         circuit = a.call(la, to_b).message

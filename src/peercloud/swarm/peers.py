@@ -6,7 +6,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from peercloud.connect import relay_dial  # noqa: F401 - registers the relayed dialer
@@ -15,6 +14,7 @@ from peercloud.connect.dial import DialContext, dial_any
 from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler
 from peercloud.store.index import Claim, Index
+from peercloud.swarm.intake import HaveIntake
 from peercloud.swarm.inventory import InventorySender
 from peercloud.wire import batches
 from peercloud.wire import messages as m
@@ -27,7 +27,6 @@ BAN_SECONDS = 600.0
 KEEPALIVE = 15.0  # ping interval and timeout
 KEEPALIVE_MISSES = 2  # pings in a row answered by nothing at all: the link is closed (and re-dialed)
 STABLE_LINK = 30.0  # a link that lived this long resets the dial backoff
-INTAKE_DEPTH = 8  # HAVE messages queued per link before we stop reading it
 REACH_TIMEOUT = 30.0  # seconds `reach` keeps trying
 RETIRE = 30.0  # seconds a replaced relayed link may take to finish what is in flight
 MAX_LINKS = 512  # authenticated links kept at once; members and configured peers always get one
@@ -72,11 +71,9 @@ class PeerManager:
         self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
         self.links: dict[PeerId, PeerLink] = {}
         self.senders: dict[PeerLink, InventorySender] = {}
-        self._intake: dict[PeerLink, list[list[Claim] | None]] = {}  # HAVE messages waiting to be recorded
-        self._recorder = ThreadPoolExecutor(1, thread_name_prefix="have-intake")
-        self._held: dict[PeerLink, float] = {}  # links not read while their HAVEs are recorded, since
+        self.intake = HaveIntake(index, member, self._recorded)
         self.inventoried: set[PeerId] = set()  # peers whose whole inventory we have recorded on this link
-        self._intake_tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # replaced links draining
         self.banned: dict[PeerId, float] = {}
         self._keepers: dict[PeerId, asyncio.Task[None]] = {}
         self._wake: dict[PeerId, asyncio.Event] = {}  # set when a peer's addresses change
@@ -113,9 +110,9 @@ class PeerManager:
         links = list(self.links.values())
         for link in links:
             link.close("shutting down")
-        for task in self._intake_tasks:
-            task.cancel()  # a HAVE batch already in its worker thread still finishes its transaction
-        self._recorder.shutdown(wait=False)
+        self.intake.stop()
+        for task in self._tasks:
+            task.cancel()
         keepers = {t for t in self._keepers.values() if not t.done()}
         while keepers and loop.time() < deadline:
             # Cancel again each round: asyncio.wait_for (Python 3.11) drops a cancel that lands as it finishes.
@@ -341,8 +338,8 @@ class PeerManager:
             old.close("moved to a direct path")
 
         task = asyncio.get_running_loop().create_task(drain())
-        self._intake_tasks.add(task)
-        task.add_done_callback(self._intake_tasks.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _keepalive(self, link: PeerLink) -> None:
         """Measure RTT now and every KEEPALIVE seconds; a peer silent for KEEPALIVE_MISSES pings is dropped.
@@ -401,49 +398,17 @@ class PeerManager:
             if self.on_notice_extra is not None:
                 self.on_notice_extra(link, msg)
             return
-        queue = self._intake.setdefault(link, [])
-        queue.append(claims)
-        if len(queue) >= INTAKE_DEPTH and link not in self._held:
-            self._held[link] = time.monotonic()
-            link.hold_reading(True)  # TCP backpressure: the sender waits while we catch up
-        if len(queue) == 1:
-            task = asyncio.get_running_loop().create_task(self._digest(link, peer))
-            self._intake_tasks.add(task)
-            task.add_done_callback(self._intake_tasks.discard)
+        self.intake.add(link, peer, claims)
 
-    async def _digest(self, link: PeerLink, peer: PeerId) -> None:
-        """Record a link's HAVEs in order, each message one transaction in a worker thread."""
-        queue = self._intake[link]
-        try:
-            while queue:
-                claims = queue[0]
-                # Only objects this node knows are kept (outsiders' rows capped): made-up ones cost nothing.
-                kept = 0
-                if claims is not None:
-                    # Our own thread: staging and fsyncs queued in the default executor never delay it.
-                    kept = await asyncio.get_running_loop().run_in_executor(
-                        self._recorder, self.index.set_holdings, peer.public_key, claims, self.member(peer)
-                    )
-                queue.pop(0)
-                if len(queue) < INTAKE_DEPTH // 2 and link in self._held:
-                    held = time.monotonic() - self._held.pop(link)
-                    if held > 1.0:
-                        log.info("read nothing from %s for %.1f s while recording its HAVEs", peer.short(), held)
-                    link.hold_reading(False)
-                if claims is None and self.links.get(peer) is link:
-                    self.inventoried.add(peer)
-                    self._changed.set()
-                if kept and claims is not None:
-                    self.have_version += 1
-                    self._changed.set()
-                    self.on_claims([c.object_id for c in claims])
-        except Exception:
-            log.exception("recording HAVEs from %s failed", peer.short())
-            raise
-        finally:
-            if not queue or link.conn.state is not State.OPEN:
-                self._intake.pop(link, None)
-                self._held.pop(link, None)
+    def _recorded(self, link: PeerLink, peer: PeerId, batch: list[Claim] | None, kept: int) -> None:
+        """A HAVE message was recorded: the end of an inventory, or claims that change holder maps."""
+        if batch is None and self.links.get(peer) is link:
+            self.inventoried.add(peer)
+            self._changed.set()
+        if kept and batch is not None:
+            self.have_version += 1
+            self._changed.set()
+            self.on_claims([c.object_id for c in batch])
 
     def query(self, object_id: bytes) -> None:
         """Ask every connected peer for its HAVE of an object we just learned."""
