@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from peercloud.errors import FormatError, IntegrityError
+from peercloud.errors import IntegrityError
 from peercloud.identity import Identity, PeerId
 
 MAX_RECORD = 1000
@@ -80,10 +80,6 @@ class PeerRecord:
                 return cls(identity.peer_id, seq, expires, tuple(kept), raw)
             kept.pop()
 
-    def candidates_of(self, *kinds: Kind) -> list[Candidate]:
-        """Candidates of the given kinds, in the record's order."""
-        return [c for c in self.candidates if c.kind in kinds]
-
 
 def _body(peer: PeerId, seq: int, expires: int, candidates: list[Candidate]) -> bytes:
     entries = [[c.kind.value, c.address] for c in candidates]
@@ -140,20 +136,3 @@ def _parse(body: Any, raw: bytes) -> PeerRecord:
             raise ValueError("candidate address is a short string")
         candidates.append(Candidate(Kind(kind), address))
     return PeerRecord(PeerId(key), seq, expires, tuple(candidates), raw)
-
-
-def encode_many(records: list[PeerRecord]) -> bytes:
-    """Several records in one message body (each still individually signed)."""
-    packed: bytes = msgpack.packb([r.raw for r in records], use_bin_type=True)
-    return packed
-
-
-def decode_many(data: bytes, limit: int) -> list[bytes]:
-    """The raw records of `encode_many` (at most `limit`), each still to be verified."""
-    try:
-        items = msgpack.unpackb(data, raw=False, max_array_len=limit, max_bin_len=MAX_RECORD)
-    except (ValueError, msgpack.UnpackException) as e:
-        raise FormatError(f"malformed record list: {e}") from None
-    if not isinstance(items, list) or not all(isinstance(x, bytes) for x in items):
-        raise FormatError("a record list holds byte strings")
-    return items
