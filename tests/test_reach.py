@@ -1,7 +1,10 @@
 """Reaching members that moved: signed peer records passed between members, refused when forged or old."""
 
+import time
+
 import msgpack
 
+from peercloud.connect.reach import BURST, RATE
 from peercloud.connect.record import RECORD_CONTEXT, verify
 from peercloud.wire import messages as m
 
@@ -64,5 +67,20 @@ def test_forged_and_replayed_records_change_nothing(daemons: Start) -> None:
         where = {r["peer_id"]: r["address"] for r in a.json("peers")}
         assert where[b.peer_id] == moved
         assert a.json("status", "--node")["peers_connected"] == 1  # the spy's link stays: records are no crime
+
+        # A flood: 640 forged records at once. Each costs a signature check, so a peer gets 64 at
+        # once and 16 a second after that; the rest is dropped unchecked.
+        floods = []
+        for n in range(640):
+            fake = body.replace(str(b.port).encode(), str(10000 + n).encode())
+            floods.append(msgpack.packb([fake, spy.identity.sign(RECORD_CONTEXT + fake)]))
+        counted = node(a)["reachable"]["records_refused"]  # type: ignore[index]
+        started = time.monotonic()
+        for i in range(0, 640, m.MAX_RECORDS):
+            spy.notify(link, m.Records(tuple(floods[i : i + m.MAX_RECORDS])))
+        time.sleep(1.0)
+        checked = node(a)["reachable"]["records_refused"] - counted  # type: ignore[index, operator]
+        assert 0 < checked <= BURST + RATE * (time.monotonic() - started)
+        assert {r["peer_id"]: r["address"] for r in a.json("peers")}[b.peer_id] == moved
     finally:
         spy.close()
