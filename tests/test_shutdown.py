@@ -186,4 +186,6 @@ def test_ctrl_c_while_the_cli_starts_prints_no_traceback(home: Path, delay_ms: i
     _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
     assert len(err.strip().splitlines()) <= 1, err
-    assert proc.returncode in (130, 0), (proc.returncode, err)  # 0: it finished before the signal
+    # 130, or killed by SIGINT as CPython ends when a Ctrl-C lands while it winds down (shells
+    # report both as 130); 0: it finished before the signal.
+    assert proc.returncode in (130, -signal.SIGINT, 0), (proc.returncode, err)

@@ -17,8 +17,9 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
 from peercloud.connect.book import kind_of
 from peercloud.connect.dial import DialContext
@@ -94,11 +95,13 @@ class Puncher:
         local: Callable[[], Address | None],
         public: Callable[[], list[str]],
         register: Callable[[PeerLink], None],
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
     ) -> None:
         self.ctx_for = ctx_for  # how to dial the peer of a link (identity, hello, handlers)
         self.local = local  # our listening address
         self.public = public  # our public addresses, as directories and relays observed them
         self.register = register
+        self.spawn = spawn  # runs a task that outlives the relayed link's request handler
         self.failures: dict[bytes, int] = {}  # punches that failed per peer, for the backoff
         self.next_try: dict[bytes, float] = {}
         self._waiting: dict[PeerLink, asyncio.Future[None]] = {}  # answers waiting for punch_go
@@ -153,7 +156,9 @@ class Puncher:
             return
         finally:
             self._waiting.pop(link, None)
-        await self._dial(link, targets, 0)
+        # Not in this handler: the other side retires the relayed link the moment its end of the
+        # handshake is done, which cancels the link's handlers while ours may still be finishing.
+        self.spawn(self._dial(link, targets, 0))
 
     def on_go(self, link: PeerLink) -> None:
         """`punch_go` arrived: the dial in `answer` starts now."""

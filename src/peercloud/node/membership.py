@@ -209,7 +209,8 @@ class Membership:
         problem = self.index.use_invite(secret_hash, peer.public_key, retry=existing is not None)
         if problem:
             raise RefusedError(problem)
-        observed = Address.parse(link.remote).host if link.remote != "?" else ""
+        # Over a relayed link the remote address is the relay's: it says nothing about the joiner.
+        observed = Address.parse(link.remote).host if link.remote != "?" and link.path != "relayed" else ""
         addresses = tuple(_advertised(a, observed) for a in msg.listen[:8])
         member = Member(peer, existing.role if existing else MEMBER, msg.offer, parse_tags(msg.tags), addresses)
         self.publish(doc.with_member(member))

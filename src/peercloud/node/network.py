@@ -76,6 +76,7 @@ class Network:
             lambda: peers.local(),  # a punch always leaves from our listening port
             self._public,
             peers.register,
+            self._spawn,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self.lan = LanDiscovery(
