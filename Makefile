@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@# The power-loss tests mount crashfs (tests/powerloss): FUSE 3 from apt, and a compiler for pyfuse3.
 	@# The NAT lab (tests/natlab.py) builds namespaces with iproute2 and NAT routers with nftables,
-	@# and captures what a relay sees with tcpdump.
+	@# captures what a relay sees with tcpdump, and maps ports with miniupnpd (whose STUN check
+	@# asks stund, from stun-server).
 	{ pkg-config --exists fuse3 && command -v fusermount3 && command -v gcc && command -v ip \
-		&& command -v nft && command -v tcpdump; } >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq fuse3 libfuse3-dev pkg-config gcc libc6-dev \
-			iproute2 nftables tcpdump; }
+		&& command -v nft && command -v tcpdump && command -v miniupnpd && command -v stund; } >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 libfuse3-dev \
+			pkg-config gcc libc6-dev iproute2 nftables tcpdump miniupnpd-nftables stun-server; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || \
 		{ apt-get update -qq && apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -1,8 +1,9 @@
 """Benchmark reaching peers in the NAT lab (tests/natlab.py; needs root, iproute2, nftables).
 
 1. Time to the first authenticated link per kind of path, median of 5: `lan` (same home network),
-   `direct` (a public host), `relayed` (a circuit through the relay, control link included), and
-   `punched` (from the relayed link's start to the punched link, read from the daemon's log).
+   `direct` (a public host), `mapped` (a peer whose router forwards its port by UPnP: miniupnpd
+   in home 3), `relayed` (a circuit through the relay, control link included), and `punched`
+   (from the relayed link's start to the punched link, read from the daemon's log).
 2. A 256 MiB get between the same two peers in the same run, relayed and punched: home 2's router
    is switched to a symmetric NAT for the relayed runs (the punch fails) and back to a cone NAT
    for the direct ones; median of 3 each, and the ratio (target: relayed >= 0.8 x direct).
@@ -114,8 +115,14 @@ def main() -> None:
     args = ap.parse_args()
     size = parse_size(args.size)
     root = Path(tempfile.mkdtemp(prefix="peercloud-connect-"))
-    with natlab(root, {1: (2, "cone"), 2: (1, "cone")}) as lab:
+    with natlab(root, {1: (2, "cone"), 2: (1, "cone"), 3: (1, "upnp")}) as lab:
         pub = lab.start("pub", "pub", roles=("directory", "relay"))
+        m = lab.start("h3a", "m")  # behind the router that maps
+        deadline = time.monotonic() + 30
+        while not (mapped := m.json("status", "--node")["reachable"]["upnp"]["mapped"]):
+            if time.monotonic() > deadline:
+                raise SystemExit("no UPnP mapping in home 3")
+            time.sleep(0.2)
         for home in ("a", "b"):
             lab.cli("h1a", root / home, "init")
             config = root / home / "config.toml"
@@ -133,6 +140,7 @@ def main() -> None:
             # lan: from a's neighbour on its home network
             "lan": dial_times(lab, "h1b", "lan", f"192.168.1.10:{a.port}", a.peer_id),
             "direct": dial_times(lab, "h1b", "public", f"203.0.113.10:{pub.port}", pub.peer_id),
+            "mapped": dial_times(lab, "h2a", "mapped", mapped, m.peer_id),
             "relayed": dial_times(lab, "h2a", "relay", f"{pub.peer_id}@203.0.113.10:{pub.port}", a.peer_id),
         }
         punches = []

@@ -9,6 +9,11 @@ endpoint-independently (punching works), `masquerade fully-random` (iptables: ra
 relay must carry); a router drops new connections arriving from the wan side, as home routers
 do; `icmp_ratelimit=0` in the wan; fresh names per run; only addresses inside the namespaces we
 made; everything deleted afterwards. Needs root, iproute2 and nftables (`make` installs them).
+
+A home of kind "upnp" is a cone NAT whose router also runs miniupnpd (port mapping by UPnP IGD).
+miniupnpd refuses to map when its external address is in a reserved range, as 203.0.113.0/24 is,
+unless a STUN check says the address is reachable from outside: so the public host also runs a
+STUN server (stund, which needs a second address) and that router lets the check's answers in.
 """
 
 import contextlib
@@ -84,6 +89,7 @@ class Lab:
     prefix: str = field(default_factory=lambda: f"pc{secrets.token_hex(3)}")
     namespaces: list[str] = field(default_factory=list)
     daemons: list[LabDaemon] = field(default_factory=list)
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)  # stund, miniupnpd
 
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -105,8 +111,8 @@ class Lab:
         self.run(b, "ip", "link", "set", b_if, "up")
 
     def build(self, homes: dict[int, tuple[int, str]]) -> None:
-        """The wan, the public host, and per home: a router with `nat` ("cone" or "symmetric")
-        and that many hosts (`homes[i] = (hosts, nat)`)."""
+        """The wan, the public host, and per home: a router with `nat` ("cone", "symmetric" or
+        "upnp") and that many hosts (`homes[i] = (hosts, nat)`)."""
         self._add_ns("wan")
         self.run("wan", "ip", "link", "add", "br0", "type", "bridge")
         self.run("wan", "ip", "link", "set", "br0", "up")
@@ -115,6 +121,9 @@ class Lab:
         self._veth("pub", "eth0", "wan", "pub")
         self.run("wan", "ip", "link", "set", "pub", "master", "br0")
         self.run("pub", "ip", "addr", "add", "203.0.113.10/24", "dev", "eth0")
+        if any(nat == "upnp" for _, nat in homes.values()):
+            self.run("pub", "ip", "addr", "add", "203.0.113.11/24", "dev", "eth0")
+            self._helper("pub", "stund", "stund", "-h", "203.0.113.10", "-a", "203.0.113.11")
         for i, (hosts, nat) in homes.items():
             router = f"r{i}"
             self._add_ns(router)
@@ -126,16 +135,25 @@ class Lab:
             self.run(router, "ip", "addr", "add", f"192.168.{i}.1/24", "dev", "lan0")
             self.run(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             masquerade = "masquerade fully-random" if nat == "symmetric" else "masquerade"
+            # What the router itself drops: new connections from the wan; a router running the
+            # STUN check lets UDP in (its answers come from another address and port).
+            refused = "meta l4proto tcp" if nat == "upnp" else ""
             rules = f"""
 table ip nat {{
     chain post {{ type nat hook postrouting priority srcnat; oifname "wan0" {masquerade}; }}
 }}
 table inet filter {{
-    chain guard_forward {{ type filter hook forward priority filter; iifname "wan0" ct state new drop; }}
-    chain guard_input {{ type filter hook input priority filter; iifname "wan0" ct state new drop; }}
+    chain guard_forward {{
+        type filter hook forward priority filter;
+        iifname "wan0" ct status dnat accept;
+        iifname "wan0" ct state new drop;
+    }}
+    chain guard_input {{ type filter hook input priority filter; iifname "wan0" ct state new {refused} drop; }}
 }}
 """
             self.run(router, "nft", "-f", "-", input=rules)
+            if nat == "upnp":
+                self._miniupnpd(i)
             for j in range(hosts):
                 host = f"h{i}{chr(ord('a') + j)}"
                 self._add_ns(host)
@@ -143,6 +161,60 @@ table inet filter {{
                 self.run(router, "ip", "link", "set", f"l{j}", "master", "lan0")
                 self.run(host, "ip", "addr", "add", f"192.168.{i}.{10 + j}/24", "dev", "eth0")
                 self.run(host, "ip", "route", "add", "default", "via", f"192.168.{i}.1")
+
+    def _helper(self, ns: str, log_name: str, *command: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{self.prefix}-{log_name}.log", "wb")  # noqa: SIM115 - the process owns it
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(ns), *command], stdout=log, stderr=log)
+        self.helpers.append(proc)
+        return proc
+
+    def _miniupnpd(self, i: int) -> None:
+        """miniupnpd on router i, mapping for its LAN into chains of its own; ready when the
+        STUN check has enabled port forwarding."""
+        self.run(
+            f"r{i}",
+            "nft",
+            "-f",
+            "-",
+            input="""
+table inet miniupnpd {
+    chain forward { type filter hook forward priority -10; jump forward_upnp; }
+    chain forward_upnp { }
+    chain prerouting { type nat hook prerouting priority dstnat - 10; jump prerouting_upnp; }
+    chain prerouting_upnp { }
+    chain postrouting { type nat hook postrouting priority srcnat - 10; jump postrouting_upnp; }
+    chain postrouting_upnp { }
+}
+""",
+        )
+        conf = self.root / f"{self.prefix}-miniupnpd-r{i}.conf"
+        conf.write_text(
+            f"""ext_ifname=wan0
+listening_ip=lan0
+http_port=0
+enable_natpmp=no
+secure_mode=yes
+ext_perform_stun=yes
+ext_stun_host=203.0.113.10
+ext_stun_port=3478
+uuid=6d1f3c2a-0000-4000-8000-{secrets.token_hex(6)}
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=forward_upnp
+upnp_nat_chain=prerouting_upnp
+upnp_nat_postrouting_chain=postrouting_upnp
+lease_file={self.root / f"{self.prefix}-miniupnpd-r{i}.leases"}
+allow 1024-65535 192.168.{i}.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"""
+        )
+        proc = self._helper(f"r{i}", f"miniupnpd-r{i}", "miniupnpd", "-d", "-f", str(conf))
+        log = self.root / f"{self.prefix}-miniupnpd-r{i}.log"
+        deadline = time.monotonic() + 30
+        while "Port forwarding is now enabled" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"miniupnpd on r{i} did not enable port forwarding; see {log}")
+            time.sleep(0.1)
 
     def ip_of(self, name: str) -> str:
         """The lab address of a host namespace (pub, h1a, h2b, …)."""
@@ -196,6 +268,12 @@ table inet filter {{
         """Stop every daemon, delete every namespace (with it every interface and rule)."""
         for d in self.daemons:
             d.stop(timeout=10)
+        for proc in self.helpers:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         for ns in reversed(self.namespaces):
             for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split():
                 with contextlib.suppress(ProcessLookupError, ValueError):

@@ -24,9 +24,9 @@ pytestmark = pytest.mark.timeout(600)
 
 @pytest.fixture(autouse=True)
 def _root_and_tools() -> None:
-    # The lab needs root, iproute2, nftables and tcpdump; `make` installs them. Missing, it fails.
+    # The lab needs root, iproute2, nftables, tcpdump, miniupnpd and stund; `make` installs them.
     assert os.geteuid() == 0, "the NAT lab needs root"
-    for tool in ("ip", "nft", "tcpdump"):
+    for tool in ("ip", "nft", "tcpdump", "miniupnpd", "stund"):
         assert shutil.which(tool), f"{tool} is missing: run `make test`, which installs it"
 
 
@@ -158,6 +158,30 @@ def test_behind_cone_nats_the_relayed_link_is_punched_and_outlives_directory_and
         assert pub.stop() == 0
         transfer(a, b, tmp_path, 3 * 1024 * 1024, seed=52)
         assert peer_row(b, a)["path"] == "punched"
+
+
+def test_a_router_that_maps_by_upnp_makes_the_path_mapped_with_no_relay(tmp_path: Path) -> None:
+    with natlab(tmp_path, {1: (1, "upnp"), 2: (1, "cone")}) as lab:
+        pub = lab.start("pub", "pub", roles=("directory",))  # it introduces; there is no relay at all
+        configure(lab, "h1a", "a", directories=(pub.address,))
+        a = lab.start("h1a", "a")
+        mapping = f"203.0.113.1:{a.port}"
+        wait_until(lambda: a.json("status", "--node")["reachable"]["upnp"]["mapped"] == mapping, 30, "a mapping")
+        assert {"kind": "mapped", "address": mapping} in a.json("status", "--node")["reachable"]["candidates"]
+        a.cli("cloud", "create", "lab")
+        b = lab.start("h2a", "b")
+        b.cli("cloud", "join", a.cli("cloud", "invite").stdout.strip().splitlines()[-1])
+        wait_until(lambda: peer_row(b, a)["path"] == "mapped", 30, "b to reach a at its mapped port")
+        assert peer_row(b, a)["address"] == mapping and peer_row(b, a)["via"] is None
+        assert peer_row(a, b)["path"] == "mapped"  # the dialing side's path, told in the hello
+        transfer(a, b, tmp_path, 2 * 1024 * 1024, seed=61)
+        # Stopped, a takes its mapping off the router.
+        assert f"dport {a.port}" in lab.run("r1", "nft", "list", "chain", "inet", "miniupnpd", "prerouting_upnp").stdout
+        assert a.stop() == 0
+        assert (
+            f"dport {a.port}"
+            not in lab.run("r1", "nft", "list", "chain", "inet", "miniupnpd", "prerouting_upnp").stdout
+        )
 
 
 def test_members_on_one_lan_find_each_other_by_mdns_with_no_directory(tmp_path: Path) -> None:

@@ -1,13 +1,18 @@
 """Reaching members that moved: signed peer records passed between members, refused when forged or old."""
 
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import msgpack
 
 from peercloud.connect.reach import BURST, RATE
 from peercloud.connect.record import RECORD_CONTEXT, verify
+from peercloud.node.config import load_config
+from peercloud.relay.server import RelaySettings
 from peercloud.wire import messages as m
 
+from .conftest import run_cli
 from .daemons import Daemon, connected, wait_for
 from .test_cloud import Raw, Start, all_online, make_cloud
 
@@ -84,3 +89,33 @@ def test_forged_and_replayed_records_change_nothing(daemons: Start) -> None:
         assert {r["peer_id"]: r["address"] for r in a.json("peers")}[b.peer_id] == moved
     finally:
         spy.close()
+
+
+def test_a_relay_that_dropped_us_is_ranked_after_a_steady_one(daemons: Start, tmp_path: Path) -> None:
+    def configure(name: str, **settings: object) -> None:
+        home = tmp_path / name
+        run_cli(home, "init", check=True)
+        replace(load_config(home / "config.toml"), **settings).save(home / "config.toml")  # type: ignore[arg-type]
+
+    for name in ("steady", "flaky"):
+        configure(name, relay=RelaySettings(listen="127.0.0.1:0"))  # two relays on one machine
+    steady, flaky = daemons("steady", roles=("relay",)), daemons("flaky", roles=("relay",))
+    configure("n", relays=tuple(f"{r.peer_id}@127.0.0.1:{r.port}" for r in (flaky, steady)))  # flaky first
+    n = daemons("n")
+
+    def held() -> dict[str, dict[str, object]]:
+        return {r["relay"]: r for r in node(n)["reachable"]["relays"]}  # type: ignore[index]
+
+    wait_for(lambda: len(held()) == 2, 15, "reservations on both relays")
+    port = flaky.port
+    assert flaky.stop() == 0
+    wait_for(lambda: list(held()) == [steady.peer_id], 15, "the reservation on the stopped relay to lapse")
+    time.sleep(2.0)
+    daemons("flaky", port=port, roles=("relay",))  # back, same identity and address
+    wait_for(lambda: len(held()) == 2, 30, "the reservation on the returned relay")
+    rows = held()
+    assert float(rows[flaky.peer_id]["uptime"]) < 0.9 <= float(rows[steady.peer_id]["uptime"])  # type: ignore[arg-type]
+    assert rows[steady.peer_id]["rtt_ms"] is not None
+    # The record names the steady relay first, whatever the order of config.toml.
+    in_record = [c["address"] for c in node(n)["reachable"]["candidates"] if c["kind"] == "relay"]  # type: ignore[index]
+    assert [a.split("@")[0] for a in in_record] == [steady.peer_id, flaky.peer_id]

@@ -339,6 +339,10 @@ def _print_node(d: dict[str, Any]) -> None:
     out.print(f"reachable   {where} (record seq {r['record_seq']})")
     if r["observed"]:
         out.print(f"observed    {', '.join(r['observed'])}")
+    if r["upnp"]["mapped"]:
+        out.print(f"mapped      {r['upnp']['mapped']} by the gateway at {r['upnp']['gateway']}")
+    if r["relays"]:
+        out.print(f"relays      {', '.join(x['relay'] for x in r['relays'])}")
 
 
 def _print_object_status(d: dict[str, Any]) -> None:

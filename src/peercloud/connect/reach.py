@@ -46,6 +46,7 @@ class Reach:
         self.observed: dict[PeerId, str] = {}  # the address each directory (or relay) saw us come from
         self.on_own: Callable[[PeerRecord], None] = lambda _: None  # our record was re-signed
         self.relays: Callable[[], list[str]] = list  # relays holding a reservation for us, best first
+        self.mapped: Callable[[], str | None] = lambda: None  # the port our router forwards to us
         self._allowance = Buckets(RATE, BURST)  # records each link may still hand us
         self._task: asyncio.Task[None] | None = None
         book.on_learned = self._learned
@@ -61,8 +62,11 @@ class Reach:
             self._task.cancel()
 
     def candidates(self) -> list[Candidate]:
-        """Where we can be reached: our interfaces' addresses, what others observed, our relays."""
+        """Where we can be reached: our interfaces' addresses, our router's mapping, what others
+        observed (the mapping often is that same address: then it is named as mapped), our relays."""
         found = [Candidate(kind_of(a), a) for a in interface_addresses(self.listening())]
+        if mapped := self.mapped():
+            found.append(Candidate(Kind.MAPPED, mapped))
         seen = {c.address for c in found}
         found += [Candidate(kind_of(a), a) for a in dict.fromkeys(self.observed.values()) if a not in seen]
         return found + [Candidate(Kind.RELAY, a) for a in self.relays()]

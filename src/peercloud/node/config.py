@@ -25,6 +25,7 @@ _HEADER = """\
 #   peers it cannot find otherwise (a cloud invite fills this in on join).
 # [connect] relays: PEERID@HOST:PORT of relays that hold a reservation for this node, so peers
 #   that cannot connect to it directly connect through them (invites carry these too).
+# [connect] upnp: ask the home router (UPnP IGD) to forward the listening port to this node.
 # [relay] serve: relay for others: "none", "members" (this cloud's members) or "all" (the same as
 #   `up --role relay`); listen: where circuits join; the quotas apply to circuits with an end
 #   outside the cloud (0 = unlimited): a cloud's own members are never throttled.
@@ -41,6 +42,7 @@ class Config:
     workers: int = 0
     directories: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
+    upnp: bool = True
     relay: RelaySettings = field(default_factory=RelaySettings)
 
     def to_toml(self) -> str:
@@ -52,7 +54,7 @@ class Config:
                 "default_class": self.default_class,
                 "workers": self.workers,
             },
-            "connect": {"directories": list(self.directories), "relays": list(self.relays)},
+            "connect": {"directories": list(self.directories), "relays": list(self.relays), "upnp": self.upnp},
             "relay": {
                 "serve": self.relay.serve,
                 "listen": self.relay.listen,
@@ -95,7 +97,7 @@ def load_config(path: Path) -> Config:
     unknown = (
         set(data) - {"store", "connect", "relay"}
         | set(data.get("store", {})) - {"quota", "segment_size", "default_class", "workers"}
-        | set(data.get("connect", {})) - {"directories", "relays"}
+        | set(data.get("connect", {})) - {"directories", "relays", "upnp"}
         | set(data.get("relay", {})) - set(RelaySettings.__dataclass_fields__)
     )
     if unknown:
@@ -110,6 +112,9 @@ def load_config(path: Path) -> Config:
     workers = store.get("workers", 0)
     if not isinstance(workers, int) or workers < 0:
         raise UsageError("config: store.workers must be a whole number >= 0")
+    upnp = data.get("connect", {}).get("upnp", default.upnp)
+    if not isinstance(upnp, bool):
+        raise UsageError("config: connect.upnp must be true or false")
     return Config(
         _size(store, "quota", None),
         segment_size,
@@ -117,6 +122,7 @@ def load_config(path: Path) -> Config:
         workers,
         _peers(data, "directories"),
         _peers(data, "relays"),
+        upnp,
         _relay(data.get("relay", {})),
     )
 

@@ -194,7 +194,8 @@ async def run(
         except OSError as e:
             await _bounded(service.stop(), SERVICE_GRACE)
             node.close()
-            raise PeercloudError(f"cannot listen for peers on {listen}: {e.strerror or e}") from None
+            # asyncio's message names the address; the relay's names its relay.listen setting.
+            raise PeercloudError(f"cannot listen ({listen} for peers): {e.strerror or e}") from None
         config = uvicorn.Config(
             create_app(service, home.api_token()),
             host=api.host,

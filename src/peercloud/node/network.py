@@ -13,11 +13,12 @@ from dataclasses import replace
 from typing import Any
 
 from peercloud.cloud.document import CloudDoc, Invite
-from peercloud.connect.book import AddressBook, kind_of
+from peercloud.connect.book import AddressBook, interface_addresses, kind_of
 from peercloud.connect.mdns import LanDiscovery
 from peercloud.connect.punch import Puncher
 from peercloud.connect.reach import Reach
 from peercloud.connect.record import Kind
+from peercloud.connect.upnp import PortMapper
 from peercloud.directory.client import DirectoryClient
 from peercloud.directory.server import DirectoryServer
 from peercloud.identity import PeerId
@@ -79,6 +80,12 @@ class Network:
             self._spawn,
         )
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.upnp = PortMapper(
+            lambda: Address.parse(listening()[0]).port,
+            lambda: [a.rpartition(":")[0] for a in interface_addresses(listening()) if kind_of(a) is Kind.LAN],
+            self.reach.refresh,
+        )
+        self.reach.mapped = lambda: self.upnp.mapped
         self.lan = LanDiscovery(
             node.identity.peer_id,
             lambda: d.cloud_id if (d := doc()) else None,
@@ -99,13 +106,16 @@ class Network:
             self.relays.add(*parse_peer(text))
         self._spawn(self._punch_later())
         if not _loopback(self.listening()[0]):
-            self.lan.start()  # a node on loopback only has no LAN to discover
+            self.lan.start()  # a node on loopback only has no LAN to discover, nor a router
+            if self.node.config.upnp:
+                self.upnp.start()
 
     async def stop(self) -> None:
         """Stop renewing, publishing, relaying and advertising."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 await self.lan.stop()
+        await self.upnp.stop()
         self.reach.stop()
         self.directories.stop()
         self.relays.stop()
@@ -202,8 +212,15 @@ class Network:
         """How this node is reachable, and what its roles do, for `status --node`."""
         out = self.reach.status()
         out["relays"] = [
-            {"relay": f"{peer}", "expires_at": int(at)} for peer, at in sorted(self.relays.reserved.items())
+            {
+                "relay": f"{peer}",
+                "expires_at": int(at),
+                "uptime": round(self.relays.uptime[peer].ratio(), 3),
+                "rtt_ms": round(rtt * 1000, 1) if (rtt := self.relays.rtt(peer)) is not None else None,
+            }
+            for peer, at in sorted(self.relays.reserved.items())
         ]
+        out["upnp"] = self.upnp.status()
         if self.relay is not None:
             out["relay_role"] = self.relay.status()
         if self.directory is not None:

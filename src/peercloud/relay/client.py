@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from peercloud.connect.relay_dial import join_circuit
 from peercloud.identity import Identity, PeerId
@@ -20,6 +21,31 @@ from peercloud.wire.connection import State
 log = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0
 RETRY = 30.0  # seconds before asking a relay that refused us again
+
+
+@dataclass
+class Uptime:
+    """How much of the time since we started using a relay it held a reservation for us."""
+
+    since: float = field(default_factory=time.monotonic)
+    up: float = 0.0  # seconds reserved, reservations that ended
+    up_at: float | None = None  # when the current reservation began
+
+    def ratio(self) -> float:
+        """Share of the time reserved, 0 to 1 (1 while too young to tell)."""
+        now = time.monotonic()
+        total = now - self.since
+        current = now - self.up_at if self.up_at is not None else 0.0
+        return 1.0 if total < 1.0 else min(1.0, (self.up + current) / total)
+
+    def change(self, reserved: bool) -> None:
+        """A reservation began or ended."""
+        now = time.monotonic()
+        if reserved and self.up_at is None:
+            self.up_at = now
+        elif not reserved and self.up_at is not None:
+            self.up += now - self.up_at
+            self.up_at = None
 
 
 class RelayClient:
@@ -48,6 +74,7 @@ class RelayClient:
         self.changed = changed  # our reservations changed: re-sign our record
         self.relays: dict[PeerId, str] = {}  # relay → the address we reach it at
         self.reserved: dict[PeerId, float] = {}  # relay → when our reservation lapses
+        self.uptime: dict[PeerId, Uptime] = {}  # relay → how reliably it held our reservation
         self._tasks: set[asyncio.Task[None]] = set()
         self._holding: dict[PeerId, asyncio.Task[None]] = {}
 
@@ -56,6 +83,7 @@ class RelayClient:
         if peer in self.relays:
             return
         self.relays[peer] = str(address)
+        self.uptime[peer] = Uptime()
         self.keep(peer, [str(address)])
         link = self.links().get(peer)
         if link is not None:
@@ -65,16 +93,20 @@ class RelayClient:
         """PEERID@HOST:PORT of every relay in use."""
         return [f"{peer}@{address}" for peer, address in self.relays.items()]
 
+    def rtt(self, peer: PeerId) -> float | None:
+        """Round trip to a relay in seconds, None when not linked or not measured yet."""
+        link = self.links().get(peer)
+        return link.rtt if link is not None else None
+
     def candidates(self) -> list[str]:
-        """Our relay candidates, `RELAYPEERID@HOST:PORT`, best first (lowest RTT to the relay)."""
-        links = self.links()
+        """Our relay candidates, `RELAYPEERID@HOST:PORT`, best first: by uptime in steps of a
+        tenth (a relay that keeps dropping us costs every peer a redial), then by round trip."""
 
-        def rtt(peer: PeerId) -> float:
-            link = links.get(peer)
-            return link.rtt if link is not None and link.rtt is not None else 1e9
+        def rank(peer: PeerId) -> tuple[float, float]:
+            rtt = self.rtt(peer)
+            return (-round(self.uptime[peer].ratio(), 1), rtt if rtt is not None else 1e9)
 
-        held = sorted(self.reserved, key=rtt)
-        return [f"{peer}@{self.relays[peer]}" for peer in held]
+        return [f"{peer}@{self.relays[peer]}" for peer in sorted(self.reserved, key=rank)]
 
     def on_link(self, link: PeerLink) -> None:
         """A link to a relay came up: hold a reservation on it while it lasts."""
@@ -111,17 +143,20 @@ class RelayClient:
                 assert isinstance(answer.message, m.Reserved)
                 fresh = relay not in self.reserved
                 self.reserved[relay] = answer.message.expires_at
+                self.uptime[relay].change(True)
                 self.observed(relay, answer.message.observed)
                 if fresh:
                     log.info("holding a reservation on relay %s", relay.short())
                     self.changed()
                 left = answer.message.expires_at - time.time()
-                await asyncio.sleep(max(5.0, min(left, 3600.0) / 2))
+                # Until the renewal, or until the link drops: a relay gone is out of our record at once.
+                await asyncio.wait({link.closed}, timeout=max(5.0, min(left, 3600.0) / 2))
         finally:
             self._lapse(relay)
 
     def _lapse(self, relay: PeerId) -> None:
         if self.reserved.pop(relay, None) is not None:
+            self.uptime[relay].change(False)
             self.changed()
 
     async def _accept(self, relay: PeerId, host: str, msg: m.CircuitIncoming) -> None:

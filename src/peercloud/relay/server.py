@@ -60,9 +60,12 @@ class RelayServer:
         """Listen for circuit ends."""
         where = Address.parse(self.settings.listen)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: splice.SpliceEnd(self.circuits.get, self.joining), where.host, where.port, reuse_address=True
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: splice.SpliceEnd(self.circuits.get, self.joining), where.host, where.port, reuse_address=True
+            )
+        except OSError as e:  # the daemon reports it: say it is the relay's port, not the peers'
+            raise OSError(e.errno, f"relay.listen {self.settings.listen}: {e.strerror or e}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("relay: circuits join on port %d (serving %s)", self.port, self.settings.serve)
 
