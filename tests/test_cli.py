@@ -217,3 +217,21 @@ def test_human_output(home: Path, make_file: Callable[..., Path]) -> None:
     assert "100%" in ls
     fsck = run_cli(home, "fsck", check=True).stdout
     assert "No damage found" in fsck
+
+
+def test_get_without_o_keeps_another_file(home: Path, make_file: Callable[..., Path], tmp_path: Path) -> None:
+    src = make_file(5000, name="report.txt")
+    added = add_json(home, src)
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "report.txt").write_text("someone else's report")
+    refused = run_cli(home, "get", str(added["object_id"]), cwd=workdir)
+    assert refused.returncode == 2 and "report.txt exists here" in refused.stderr and "--force" in refused.stderr
+    assert (workdir / "report.txt").read_text() == "someone else's report"  # untouched
+    assert sorted(os.listdir(workdir)) == ["report.txt"]  # and no temporary file left
+    run_cli(home, "get", str(added["object_id"]), "--force", check=True, cwd=workdir)
+    assert (workdir / "report.txt").read_bytes() == src.read_bytes()
+    # An output that cannot be written is named as the user gave it, never by our temporary name.
+    missing = run_cli(home, "get", str(added["read_cap"]), "-o", str(tmp_path / "no" / "such" / "out"))
+    assert missing.returncode != 0 and str(tmp_path / "no" / "such" / "out") in missing.stderr
+    assert ".part" not in missing.stderr

@@ -343,7 +343,8 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         """Fetch and decrypt an object to a file (streams progress)."""
 
         async def run(progress: Callable[[int], None]) -> dict[str, Any]:
-            out = Path(req.cwd or ".") / (req.output or service.node.default_output(req.cap))
+            cwd = Path(req.cwd or ".")
+            out = cwd / req.output if req.output else service.node.default_output(req.cap, cwd, req.force)
             path, manifest = await service.get(req.cap, out, progress)
             return {"object_id": manifest.object_id.hex(), "path": str(path), "size": manifest.size}
 

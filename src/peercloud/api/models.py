@@ -14,11 +14,12 @@ class AddRequest(BaseModel):
 
 
 class GetRequest(BaseModel):
-    """Fetch `cap` and write it to `output` (None: its known name in `cwd`)."""
+    """Fetch `cap` and write it to `output` (None: its known name in `cwd`, if free or `force`)."""
 
     cap: str
     output: str | None = None
     cwd: str | None = None
+    force: bool = False
 
 
 class PinRequest(BaseModel):

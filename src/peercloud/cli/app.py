@@ -194,11 +194,14 @@ def get(
     ctx: typer.Context,
     cap: Annotated[str, typer.Argument(help="Read cap (pcr1_…), or object ID / prefix of an object known here.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Without -o: replace a file of the object's name here.")
+    ] = False,
     json: JsonFlag = False,
 ) -> None:
     """Fetch an object (from peers when the daemon runs), verify every block, decrypt, write atomically."""
     with open_backend(node_home(ctx)) as backend, progress_bar("get") as progress:
-        data = backend.get(cap, output, progress)
+        data = backend.get(cap, output, progress, force)
     if json:
         print_json(data)
     else:

@@ -59,7 +59,7 @@ class Backend(Protocol):
         """Drop this node's copy unless the class minimum needs it."""
         ...
 
-    def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:
+    def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """Fetch, verify, decrypt to a file."""
         ...
 
@@ -132,14 +132,14 @@ class LocalBackend:
         """Unpinning checks the live ledger."""
         raise DaemonNeededError(_NEEDS_DAEMON)
 
-    def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:
+    def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """`get` from the local store only."""
         ref = self.node.resolve(cap)
         manifest = self.node.manifest(ref.object_id)
         if progress:
             progress("total", manifest.size)
         advance = (lambda n: progress("advance", n)) if progress else None
-        path, m = self.node.get(cap, output, advance)
+        path, m = self.node.get(cap, output, advance, force)
         return {"object_id": m.object_id.hex(), "path": str(path), "size": m.size}
 
     def pin(self, cap: str, progress: Progress | None) -> dict[str, Any]:
@@ -214,9 +214,9 @@ class DaemonBackend:
         result: dict[str, Any] = self.client.call("POST", "/v1/unpin", {"cap": cap})
         return result
 
-    def get(self, cap: str, output: Path | None, progress: Progress | None) -> dict[str, Any]:
+    def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """`get`: fetched from the swarm as needed, written where the CLI runs."""
-        body = {"cap": cap, "output": str(output) if output else None, "cwd": str(Path.cwd())}
+        body = {"cap": cap, "output": str(output) if output else None, "cwd": str(Path.cwd()), "force": force}
         result: dict[str, Any] = self.client.stream("/v1/get", body, progress)
         return result
 

@@ -103,25 +103,31 @@ class LocalNode:
         manifest = self.manifest(cap.object_id)
         return ObjectInfo(manifest, self.index.get_object(cap.object_id), cap if isinstance(cap, ReadCap) else None)
 
-    def get(self, text: str, out: Path | None, progress: retrieve.Progress | None = None) -> tuple[Path, Manifest]:
+    def get(
+        self, text: str, out: Path | None, progress: retrieve.Progress | None = None, force: bool = False
+    ) -> tuple[Path, Manifest]:
         """Decrypt an object to `out` (default: its name, in the current directory)."""
         cap = self.resolve(text)
         if not isinstance(cap, ReadCap):
             raise UsageError("a verify cap or object ID cannot decrypt: give the read cap (pcr1_…)")
         manifest = self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
-        out = out or self.default_output(text)
+        out = out or self.default_output(text, Path("."), force)
         if out.is_dir():
             raise UsageError(f"{out} is a directory: give a file name with -o")
         retrieve.get_to_file(self.store, manifest, cap.key, out, workers=self.workers, progress=progress)
         return out, manifest
 
-    def default_output(self, text: str) -> Path:
-        """The file name an object was added under, for `get` without -o."""
+    def default_output(self, text: str, cwd: Path, force: bool) -> Path:
+        """The file name an object was added under, in `cwd`, for `get` without -o: a file already
+        there is another one of that name, replaced only with --force (-o names the target)."""
         record = self.index.get_object(self.resolve(text).object_id)
         if record is None or not record.name:
             raise UsageError("no file name is known for this object here: give -o OUT")
-        return Path(record.name)
+        out = cwd / record.name
+        if out.exists() and not force:
+            raise UsageError(f"{record.name} exists here: give -o OUT, or --force to replace it")
+        return out
 
     def objects(self) -> list[ObjectRecord]:
         """Objects known here, for `peercloud ls`."""

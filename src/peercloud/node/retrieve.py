@@ -53,7 +53,10 @@ class OutputFile:
         self.store, self.manifest, self.out = store, manifest, out
         self._codec = SegmentCodec(key, manifest.coding)
         self._tmp = out.parent / f".{out.name}.{secrets.token_hex(4)}.part"
-        self._writer = DirectAppender.create(self._tmp)
+        try:
+            self._writer = DirectAppender.create(self._tmp)
+        except OSError as e:  # name the file the user asked for, not our temporary one
+            raise OSError(e.errno, e.strerror, str(out)) from None
         self._fd = self._writer.fd
 
     def plaintext(self, segment: int) -> bytes:
@@ -70,7 +73,10 @@ class OutputFile:
         self._writer.finish()
         os.close(self._fd)
         self._fd = -1
-        os.replace(self._tmp, self.out)
+        try:
+            os.replace(self._tmp, self.out)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.out)) from None
         fsync_dir(self.out.parent)
 
     def abort(self) -> None:

@@ -299,14 +299,13 @@ class NodeService:
         blocks = [*manifest.blocks(), (MANIFEST_SEGMENT, 0, manifest.object_id)]
         index.add_object(record, blocks, pin=pin)
 
-    async def get(self, text: str, out: Path | None, progress: Progress | None) -> tuple[Path, Manifest]:
+    async def get(self, text: str, out: Path, progress: Progress | None) -> tuple[Path, Manifest]:
         """Fetch what is missing from the swarm, then decrypt to `out`."""
         cap = self.node.resolve(text)
         if not isinstance(cap, ReadCap):
             raise UsageError("a verify cap or object ID cannot decrypt: give the read cap (pcr1_…)")
         manifest = await self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
-        out = out or self.node.default_output(text)
         started = time.perf_counter()
         await self._gather(manifest, all_blocks=False, progress=progress)
         fetched = time.perf_counter()
