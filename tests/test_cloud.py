@@ -396,3 +396,22 @@ def test_a_lost_ec_column_is_rebuilt_from_the_other_shares(daemons: Start, make_
     wait_for(lambda: health(watcher, oid)["health"] == "healthy", 90, "the lost column to be rebuilt")
     s = health(watcher, oid)
     assert s["redundancy"]["available"] == 3 and s["redundancy"]["crowded"] == 1
+
+
+def test_class_add_says_when_the_cloud_cannot_meet_it(daemons: Start) -> None:
+    admin = daemons("admin")
+    admin.cli("cloud", "create", "solo", "--tag", "site=home")
+    for args, why in (
+        (("wide", "--replicas", "9"), "needs 9 members"),
+        (("ec", "--ec", "2+1"), "needs 3 members"),
+        (("apart", "--replicas", "1", "--spread", "rack"), "tag 'rack', which no member has"),
+    ):
+        refused = admin.cli("class", "add", *args, check=False)
+        assert refused.returncode == 7 and why in refused.stderr and "--force" in refused.stderr, refused.stderr
+    names = [c["name"] for c in admin.json("class", "ls")]
+    assert "wide" not in names and "ec" not in names  # nothing defined by a refusal
+    admin.cli("class", "add", "wide", "--replicas", "9", "--force")  # members will join later
+    admin.cli("class", "add", "near", "--replicas", "1", "--spread", "site")  # met: accepted
+    assert {"wide", "near"} <= {c["name"] for c in admin.json("class", "ls")}
+    bare = admin.cli("class", "add", "slow", "--replicas", "1", "--grace", "5", check=False)
+    assert bare.returncode == 2 and "give a unit" in bare.stderr

@@ -77,9 +77,13 @@ def test_class_rules_and_durations() -> None:
     for bad in (dict(replicas=2, k=1), dict(replicas=3, max_replicas=2), dict(k=0), dict(replicas=1, grace=-1)):
         with pytest.raises(UsageError):
             StorageClass("x", **bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="erasure code needs k >= 1"):
+        StorageClass("x", k=0, m=1)  # `--ec 0+1`: about k, not "replicas or erasure code"
     assert parse_duration("10m") == 600 and parse_duration("1.5h") == 5400
     with pytest.raises(UsageError):
         parse_duration("soon")
+    with pytest.raises(UsageError, match="give a unit"):
+        parse_duration("5")  # seconds or days? a unit is required
 
 
 @settings(max_examples=300)

@@ -214,7 +214,7 @@ def scenario_rebuild(tmp_path: Path, cuts: int) -> None:
         # Columns are 2 MiB: the owner offers no room for one and the others room for one each, so
         # the lost column can only go to the member on the cut disk.
         admin.cli("cloud", "create", "lab", "--offer", "1MiB")
-        admin.cli("class", "add", "fast-ec", "--ec", "2+1", "--grace", "1s")
+        admin.cli("class", "add", "fast-ec", "--ec", "2+1", "--grace", "1s", "--force")  # members join next
         for n in ("b", "d", "e"):
             daemons[n].cli("cloud", "join", invite(admin), "--offer", "3MiB")
         with member.running(pristine / "home") as c:  # joins, then stays away while the object is placed

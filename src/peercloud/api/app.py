@@ -48,7 +48,7 @@ from peercloud.api.models import (
     PinRequest,
     UnpinRequest,
 )
-from peercloud.cloud.classes import StorageClass
+from peercloud.cloud.classes import StorageClass, shortfall
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.net.link import parse_peer
@@ -323,6 +323,9 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         doc = service.membership.require_admin()
         if new.name in doc.class_map:
             raise UsageError(f"class {new.name!r} exists; remove it first to redefine it")
+        problem = shortfall(new, list(doc.members))
+        if problem and not req.force:
+            raise RefusedError(f"{problem}: add --force to define it anyway (its objects stay degraded until then)")
         service.membership.set_classes([*doc.classes, new])
         return await classes()
 

@@ -72,3 +72,4 @@ class ClassRequest(BaseModel):
     m: int = 0
     spread: str = ""
     grace: float = DEFAULT_GRACE
+    force: bool = False  # define it even though the members cannot meet it yet

@@ -168,6 +168,7 @@ def class_add(
     ec: Annotated[str | None, typer.Option(help="Erasure code K+M, e.g. 4+2.")] = None,
     spread: Annotated[str | None, typer.Option(help="Tag whose values holders should not share, e.g. site.")] = None,
     grace: Annotated[str | None, typer.Option(help="Offline time before repair, e.g. 10m.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Define it even if the members cannot meet it yet.")] = False,
     json: JsonFlag = False,
 ) -> None:
     """Add a storage class to the cloud (admins only)."""
@@ -187,6 +188,7 @@ def class_add(
         "m": m,
         "spread": spread or "",
         "grace": parse_duration(grace) if grace else DEFAULT_GRACE,
+        "force": force,
     }
     data = _client(ctx).call("POST", "/v1/classes", body)
     if json:

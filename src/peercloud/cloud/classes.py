@@ -14,7 +14,7 @@ from peercloud.errors import FormatError, UsageError
 DEFAULT_GRACE = 600.0  # seconds a holder may be offline before its blocks are re-created elsewhere
 MAX_COPIES = 32
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.+_-]{0,31}$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -39,8 +39,10 @@ class StorageClass:
             object.__setattr__(self, "max_replicas", self.replicas)  # no max given: max is the minimum
         if not _NAME.match(self.name):
             raise UsageError(f"class name {self.name!r}: use 1-32 of a-z 0-9 . + _ -, starting with a letter or digit")
-        if bool(self.replicas) == bool(self.k):
+        if self.replicas and (self.k or self.m):
             raise UsageError("a class has either replicas or an erasure code k+m, not both")
+        if not self.replicas and not self.k:
+            raise UsageError("erasure code needs k >= 1" if self.m else "a class needs replicas or an erasure code k+m")
         if self.replicas and not 1 <= self.replicas <= self.max_replicas <= MAX_COPIES:
             raise UsageError(f"replicas must be 1..{MAX_COPIES} and max at least replicas")
         if self.k and not (self.k >= 1 and self.m >= 0 and self.k + self.m <= 256):
@@ -109,11 +111,12 @@ def _typed(d: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
 
 
 def parse_duration(text: str) -> float:
-    """'90s', '10m', '1.5h', '2d' or plain seconds, for --grace and --expires."""
+    """'90s', '10m', '1.5h', '2d' for --grace and --expires: a unit always (is '5' seconds or days?)."""
     match = _DURATION.match(text)
     if not match:
-        raise UsageError(f"not a duration: {text!r} (use e.g. 30s, 10m, 2h, 7d)")
-    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+        hint = " (give a unit)" if text.strip().replace(".", "", 1).isdigit() else ""
+        raise UsageError(f"not a duration: {text!r}{hint}: use e.g. 30s, 10m, 2h, 7d")
+    return float(match.group(1)) * _SECONDS[match.group(2)]
 
 
 def format_duration(seconds: float) -> str:
@@ -135,6 +138,21 @@ DEFAULT_CLASSES: dict[str, StorageClass] = {
     )
 }
 DEFAULT_CLASS = "replica-3"
+
+
+def shortfall(cls: StorageClass, members: "list[Any]") -> str | None:
+    """Why the cloud's members cannot give a class what it asks for today, or None: `class add`
+    says so rather than define a class whose objects stay degraded until members join."""
+    holders = cls.replicas or cls.k + cls.m
+    storing = [m for m in members if m.offer > 0]
+    if len(storing) < holders:
+        return (
+            f"class {cls.name!r} needs {holders} members to hold its blocks apart; "
+            f"this cloud has {len(storing)} that offer storage"
+        )
+    if cls.spread and not any(m.tag(cls.spread) for m in storing):
+        return f"class {cls.name!r} spreads over tag {cls.spread!r}, which no member has"
+    return None
 
 
 def lookup(name: str, classes: dict[str, StorageClass] | None = None) -> StorageClass:
