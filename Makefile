@@ -35,6 +35,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/python bench/cli_start.py
 	$(BIN)/python bench/add_get.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/repair.py

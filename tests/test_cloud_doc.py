@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peercloud.cloud.classes import StorageClass, parse_duration
+from peercloud.cloud.classes import StorageClass
 from peercloud.cloud.document import ADMIN, MEMBER, CloudDoc, Invite, Member, SignedDoc, supersedes
+from peercloud.cloud.durations import parse_duration
 from peercloud.errors import FormatError, IntegrityError, RefusedError, UsageError
 from peercloud.identity import Identity
 

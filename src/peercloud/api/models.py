@@ -2,7 +2,7 @@
 
 from pydantic import BaseModel
 
-from peercloud.cloud.classes import DEFAULT_GRACE
+from peercloud.cloud.durations import DEFAULT_GRACE
 
 
 class AddRequest(BaseModel):

@@ -65,16 +65,14 @@ from peercloud.cli import peers as peers_commands
 from peercloud.cli.backend import open_backend
 from peercloud.cli.output import JsonFlag, block_map, err, node_home, out, print_json, progress_bar
 from peercloud.errors import PeercloudError, UsageError
-from peercloud.identity import Identity
-from peercloud.net.link import Address
 from peercloud.node.home import HOME_ENV, NodeHome
 from peercloud.units import format_size
 
 if _GUARDED_IMPORT:  # importers (tests) get KeyboardInterrupt back
     interrupt_commands()
 
-DEFAULT_LISTEN = Address("0.0.0.0", 4650)  # `peercloud up`: where peers connect
-DEFAULT_API = Address("127.0.0.1", 4651)  # and the local REST API
+DEFAULT_LISTEN = "0.0.0.0:4650"  # `peercloud up`: where peers connect
+DEFAULT_API = "127.0.0.1:4651"  # and the local REST API
 
 app = typer.Typer(
     name="peercloud",
@@ -109,12 +107,18 @@ def _main(
     ctx.obj = NodeHome.resolve(home)
 
 
+def _peer_id(home: NodeHome) -> str:
+    from peercloud.identity import Identity  # cryptography: only the commands that read the key
+
+    return str(Identity.load(home.key_path).peer_id)
+
+
 @app.command()
 def init(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Create a node home: key, config, index and block folder. Never replaces an existing key."""
     home = node_home(ctx)
     created = home.init()
-    peer_id = Identity.load(home.key_path).peer_id
+    peer_id = _peer_id(home)
     if json:
         print_json({"home": str(home.path), "peer_id": str(peer_id), "created": created})
         return
@@ -130,7 +134,7 @@ def show_id(ctx: typer.Context, json: JsonFlag = False) -> None:
     """Print this node's peer ID."""
     home = node_home(ctx)
     home.require()
-    peer_id = Identity.load(home.key_path).peer_id
+    peer_id = _peer_id(home)
     if json:
         print_json({"peer_id": str(peer_id)})
     else:
@@ -140,10 +144,8 @@ def show_id(ctx: typer.Context, json: JsonFlag = False) -> None:
 @app.command()
 def up(
     ctx: typer.Context,
-    listen: Annotated[str, typer.Option(help="Where peers connect (HOST:PORT; port 0 picks one).")] = str(
-        DEFAULT_LISTEN
-    ),
-    api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = str(DEFAULT_API),
+    listen: Annotated[str, typer.Option(help="Where peers connect (HOST:PORT; port 0 picks one).")] = DEFAULT_LISTEN,
+    api: Annotated[str, typer.Option(help="Local REST API (HOST:PORT).")] = DEFAULT_API,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connections and transfers.")] = False,
     role: Annotated[
         list[str] | None,
@@ -156,6 +158,7 @@ def up(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from peercloud.net.link import Address
     from peercloud.node import daemon, network  # FastAPI and the whole node: only `up` pays for their import
 
     unknown = set(role or ()) - network.ROLES

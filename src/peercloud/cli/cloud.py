@@ -12,9 +12,8 @@ from rich.table import Table
 
 from peercloud.cli.client import DaemonClient
 from peercloud.cli.output import JsonFlag, node_home, out, print_json
-from peercloud.cloud.classes import DEFAULT_GRACE, format_duration, parse_duration
+from peercloud.cloud.durations import DEFAULT_GRACE, format_duration, parse_duration
 from peercloud.errors import DaemonNeededError, UsageError
-from peercloud.identity import PeerId
 from peercloud.units import format_size, parse_size
 
 cloud_app = typer.Typer(help="The cloud this node belongs to: create, invite, join, members, leave.")
@@ -131,6 +130,8 @@ def remove(
     ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID of the member.")], json: JsonFlag = False
 ) -> None:
     """Remove a member from the cloud (admins only)."""
+    from peercloud.identity import PeerId
+
     data = _client(ctx).call("DELETE", f"/v1/cloud/members/{PeerId.parse(peer)}")
     if json:
         print_json(data)

@@ -4,20 +4,13 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from peercloud.node.home import NodeHome
+if TYPE_CHECKING:
+    from peercloud.node.home import NodeHome
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 out = Console(highlight=False, soft_wrap=True)
@@ -39,6 +32,15 @@ def progress_bar(label: str) -> Iterator[Callable[[str, int], None] | None]:
     if not err.is_terminal:
         yield None
         return
+    from rich.progress import (  # only on a terminal: the import costs start time
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -73,7 +75,7 @@ def block_map(blocks: list[int], total: int, width: int = 48) -> str:
     return "".join(out)
 
 
-def node_home(ctx: typer.Context) -> NodeHome:
+def node_home(ctx: typer.Context) -> "NodeHome":
     """The node home `--home` chose: the root command keeps it as its context object."""
     home: NodeHome = ctx.find_root().obj
     return home

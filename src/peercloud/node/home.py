@@ -7,10 +7,6 @@ from pathlib import Path
 
 from peercloud.errors import NotFoundError
 from peercloud.fsutil import fsync_dir, write_atomic
-from peercloud.identity import Identity
-from peercloud.node.config import Config
-from peercloud.store.blockstore import BlockStore
-from peercloud.store.index import Index
 
 HOME_ENV = "PEERCLOUD_HOME"
 
@@ -75,6 +71,12 @@ class NodeHome:
             fsync_dir(created.parent)  # the home's own name must survive a power cut too
         if self.exists():
             return False
+        # Imported here: every CLI command resolves a home, only `init` creates one (CLI start time).
+        from peercloud.identity import Identity
+        from peercloud.node.config import Config
+        from peercloud.store.blockstore import BlockStore
+        from peercloud.store.index import Index
+
         if not self.config_path.exists():
             Config().save(self.config_path)
         if not self.secret_path.exists():
