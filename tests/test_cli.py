@@ -2,6 +2,8 @@ import json
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 
 from peercloud.content import cipher
 from peercloud.content.caps import ReadCap
-from peercloud.identity import PeerId
+from peercloud.identity import Identity, PeerId
 
 from .conftest import run_cli
 
@@ -235,3 +237,28 @@ def test_get_without_o_keeps_another_file(home: Path, make_file: Callable[..., P
     missing = run_cli(home, "get", str(added["read_cap"]), "-o", str(tmp_path / "no" / "such" / "out"))
     assert missing.returncode != 0 and str(tmp_path / "no" / "such" / "out") in missing.stderr
     assert ".part" not in missing.stderr
+
+
+def test_short_ids_home_anywhere_and_json_errors(home: Path, make_file: Callable[..., Path], tmp_path: Path) -> None:
+    ids = [str(Identity.generate().peer_id) for _ in range(2)]
+    for i, pid in enumerate(ids):
+        run_cli(home, "peers", "add", f"{pid}@127.0.0.1:{4000 + i}", check=True)
+    # A peer as tables show it (its first 13 characters), in any case, where it is unique.
+    removed = json.loads(run_cli(home, "peers", "rm", ids[0][:13].upper(), "--json", check=True).stdout)
+    assert removed == {"removed": ids[0]}
+    unknown = run_cli(home, "peers", "rm", "peer_zzzzzzzz")
+    assert unknown.returncode == 3 and "no known peer starts with" in unknown.stderr
+    # --home after the subcommand, as before it.
+    added = add_json(home, make_file(2000, name="h.txt"))
+    moved = subprocess.run(
+        [sys.executable, "-m", "peercloud", "ls", "--json", "--home", str(home)], capture_output=True, text=True
+    )
+    assert moved.returncode == 0 and json.loads(moved.stdout)[0]["object_id"] == added["object_id"]
+    # Object ID prefixes in upper case; with --json, an error is JSON on stderr.
+    info = json.loads(run_cli(home, "info", str(added["object_id"])[:10].upper(), "--json", check=True).stdout)
+    assert info["object_id"] == added["object_id"]
+    missing = run_cli(home, "info", "abcdef", "--json")
+    assert missing.returncode == 3 and json.loads(missing.stderr) == {
+        "error": "no object with ID starting 'abcdef' on this node",
+        "exit_code": 3,
+    }

@@ -1,6 +1,7 @@
 """Node identity: an Ed25519 key pair and the self-certifying peer ID derived from it."""
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from peercloud import textid
-from peercloud.errors import IntegrityError, UsageError
+from peercloud.errors import IntegrityError, NotFoundError, UsageError
 from peercloud.fsutil import fsync_dir, write_file_durably
 
 PEER_PREFIX = "peer"
@@ -90,3 +91,20 @@ class Identity:
         if not isinstance(key, Ed25519PrivateKey):
             raise IntegrityError(f"node key {path} is not an Ed25519 key")
         return cls(key)
+
+
+def resolve_peer(text: str, known: Iterable[PeerId]) -> PeerId:
+    """A full peer ID, or the start of one (as tables show it: `peer_5xjp6237`) naming exactly
+    one of the `known` peers; case does not matter."""
+    text = text.strip()
+    try:
+        return PeerId.parse(text)
+    except UsageError:
+        if len(text) < len(PEER_PREFIX) + 1 + 4 or not text.lower().startswith(PEER_PREFIX + "_"):
+            raise
+    matches = {p for p in known if str(p).startswith(text.lower())}
+    if not matches:
+        raise NotFoundError(f"no known peer starts with {text!r}")
+    if len(matches) > 1:
+        raise UsageError(f"{text!r} matches {len(matches)} peers: give more characters")
+    return matches.pop()

@@ -50,7 +50,7 @@ from peercloud.api.models import (
 )
 from peercloud.cloud.classes import StorageClass, shortfall
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
-from peercloud.identity import PeerId
+from peercloud.identity import PeerId, resolve_peer
 from peercloud.net.link import parse_peer
 from peercloud.node.service import NodeService
 
@@ -308,7 +308,8 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.delete("/v1/cloud/members/{peer}")
     async def cloud_remove(peer: str) -> dict[str, Any]:
         """Remove a member (admins only)."""
-        service.membership.remove(PeerId.parse(peer))
+        members = [m.peer_id for m in service.membership.require().members]
+        service.membership.remove(resolve_peer(peer, members))
         return cloud_view()
 
     @api.get("/v1/classes")
@@ -378,7 +379,8 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.delete("/v1/peers/{peer}")
     async def remove_peer(peer: str) -> dict[str, Any]:
         """Forget a peer."""
-        peer_id = PeerId.parse(peer)
+        known = [PeerId(raw) for raw, _ in service.node.index.peers()] + list(service.peers.links)
+        peer_id = resolve_peer(peer, known)
         if not service.peers.remove(peer_id):
             raise NotFoundError(f"{peer_id} is not a known peer")
         return {"removed": str(peer_id)}

@@ -51,6 +51,7 @@ _GUARDED_IMPORT = quiet_interrupts()  # the console script imports this module f
 atexit.register(_ignore_late_interrupts)  # registered first, so it runs last
 
 import http.client
+import json as json_module
 import logging
 import time
 from pathlib import Path
@@ -420,26 +421,50 @@ def demo() -> None:
     raise typer.Exit(run())
 
 
+def home_first(args: list[str]) -> list[str]:
+    """`--home DIR` is read by the root command, but users also type it after the subcommand
+    (`peercloud ls --home n1`): wherever it is before `--`, it moves to the front."""
+    end = args.index("--") if "--" in args else len(args)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        if args[i] == "--home" and i + 1 < end:
+            moved += args[i : i + 2]
+            i += 2
+            continue
+        (moved if args[i].startswith("--home=") else rest).append(args[i])
+        i += 1
+    return moved + rest + args[end:]
+
+
 def main() -> None:
     """Console entry point: run the app, turning expected failures into one line and an exit code.
 
     Ctrl-C ends with code 130 and no traceback wherever it lands: in a command (KeyboardInterrupt,
     so the command cleans up), before one starts, or while the interpreter winds down.
     """
+    args = home_first(sys.argv[1:])
+    as_json = "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+    def fail(message: str, code: int) -> None:
+        """One line on stderr: JSON when the command was asked for JSON, so scripts parse both."""
+        if as_json:
+            sys.stderr.write(json_module.dumps({"error": message, "exit_code": code}) + "\n")
+        else:
+            err.print(f"error: {message}", markup=False)
+        sys.exit(code)
+
     try:
         try:
             interrupt_commands()  # also replaces the quiet handler `python -m peercloud` starts with
-            app()
+            app(args=args)
         except PeercloudError as e:
-            err.print(f"error: {e}", markup=False)
-            sys.exit(e.exit_code)
+            fail(str(e), e.exit_code)
         except OSError as e:
-            detail = f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e)
-            err.print(f"error: {detail}", markup=False)
-            sys.exit(1)
+            fail(f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror or e), 1)
         except http.client.HTTPException as e:  # the daemon stopped in the middle of its answer
-            err.print(f"error: the daemon closed the connection mid-answer ({type(e).__name__})", markup=False)
-            sys.exit(1)
+            fail(f"the daemon closed the connection mid-answer ({type(e).__name__})", 1)
     except KeyboardInterrupt:  # typer turns it into 130 inside a command; this covers the edges
         sys.exit(130)
     finally:

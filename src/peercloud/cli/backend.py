@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from peercloud.cli.client import DaemonClient
 from peercloud.node.home import NodeHome
@@ -146,9 +147,7 @@ class DaemonBackend:
 
     def remove_peer(self, text: str) -> dict[str, Any]:
         """`peers rm`."""
-        from peercloud.identity import PeerId
-
-        result: dict[str, Any] = self.client.call("DELETE", f"/v1/peers/{PeerId.parse(text)}")
+        result: dict[str, Any] = self.client.call("DELETE", f"/v1/peers/{quote(text.strip(), safe='')}")
         return result
 
     def fsck(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ they need `peercloud up`.
 
 import shutil
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -130,9 +131,7 @@ def remove(
     ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID of the member.")], json: JsonFlag = False
 ) -> None:
     """Remove a member from the cloud (admins only)."""
-    from peercloud.identity import PeerId
-
-    data = _client(ctx).call("DELETE", f"/v1/cloud/members/{PeerId.parse(peer)}")
+    data = _client(ctx).call("DELETE", f"/v1/cloud/members/{quote(peer.strip(), safe='')}")
     if json:
         print_json(data)
     else:

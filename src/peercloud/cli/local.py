@@ -10,7 +10,7 @@ from peercloud.cli.backend import NEEDS_DAEMON, Progress
 from peercloud.cloud.document import SignedDoc
 from peercloud.cloud.ledger import ObjectStatus
 from peercloud.errors import DaemonNeededError, NotFoundError
-from peercloud.identity import PeerId
+from peercloud.identity import PeerId, resolve_peer
 from peercloud.net.link import parse_peer
 from peercloud.node.home import NodeHome
 from peercloud.node.ledger_view import known_objects, ledger_view
@@ -93,7 +93,7 @@ class LocalBackend:
 
     def remove_peer(self, text: str) -> dict[str, Any]:
         """Forget a peer."""
-        peer_id = PeerId.parse(text)
+        peer_id = resolve_peer(text, [PeerId(raw) for raw, _ in self.node.index.peers()])
         if not self.node.index.remove_peer(peer_id.public_key):
             raise NotFoundError(f"{peer_id} is not a known peer")
         return {"removed": str(peer_id)}
