@@ -415,3 +415,20 @@ def test_class_add_says_when_the_cloud_cannot_meet_it(daemons: Start) -> None:
     assert {"wide", "near"} <= {c["name"] for c in admin.json("class", "ls")}
     bare = admin.cli("class", "add", "slow", "--replicas", "1", "--grace", "5", check=False)
     assert bare.returncode == 2 and "give a unit" in bare.stderr
+
+
+def test_objects_added_before_the_cloud_are_brought_or_said_to_stay(
+    daemons: Start, make_file: Callable[..., Path]
+) -> None:
+    a = daemons("a")
+    early = a.json("add", str(make_file(300_000, name="early.bin")), "--class", "replica-2")
+    created = a.json("cloud", "create", "home", "--offer", "1GiB", "--bring")
+    assert created["brought"] == [early["object_id"]] and created["local_only"] == 0
+    b = daemons("b")
+    mine = b.json("add", str(make_file(200_000, name="mine.bin")), "--class", "replica-2")
+    joined = b.cli("cloud", "join", invite(a), "--offer", "1GiB")
+    assert "1 object(s) added before stay on this node only" in joined.stdout and "cloud bring" in joined.stdout
+    assert b.json("cloud", "bring")["local_only"] == 0
+    # Both objects are the cloud's now: placement gives each its second copy on the other member.
+    for d, oid in ((b, early["object_id"]), (a, mine["object_id"])):
+        wait_for(lambda d=d, oid=oid: health(d, oid)["redundancy"]["available"] == 2, 30, "a second copy")

@@ -284,7 +284,18 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     async def cloud_create(req: CloudCreateRequest) -> dict[str, Any]:
         """Found a cloud with this node as admin."""
         service.membership.create(req.name, req.offer, req.tags)
-        return cloud_view()
+        return {**cloud_view(), **bring(req.bring)}
+
+    def bring(yes: bool) -> dict[str, Any]:
+        if yes:
+            return service.bring()
+        return {"brought": [], "skipped": [], "local_only": len(service.node.index.local_only())}
+
+    @api.post("/v1/cloud/bring")
+    async def cloud_bring() -> dict[str, Any]:
+        """Offer the objects this node added outside the cloud to it."""
+        service.membership.require()
+        return service.bring()
 
     @api.post("/v1/cloud/invite")
     async def cloud_invite(req: InviteRequest) -> dict[str, Any]:
@@ -296,7 +307,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     async def cloud_join(req: JoinRequest) -> dict[str, Any]:
         """Join a cloud with an invite token."""
         await service.membership.join(req.token, req.offer, req.tags)
-        return cloud_view()
+        return {**cloud_view(), **bring(req.bring)}
 
     @api.post("/v1/cloud/leave")
     async def cloud_leave() -> dict[str, Any]:

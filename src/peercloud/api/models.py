@@ -46,6 +46,7 @@ class CloudCreateRequest(BaseModel):
     name: str
     offer: int
     tags: list[str] = []
+    bring: bool = False  # offer the objects this node added before to the cloud
 
 
 class InviteRequest(BaseModel):
@@ -60,6 +61,7 @@ class JoinRequest(BaseModel):
     token: str
     offer: int
     tags: list[str] = []
+    bring: bool = False
 
 
 class ClassRequest(BaseModel):

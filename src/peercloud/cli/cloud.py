@@ -24,6 +24,22 @@ OfferOption = Annotated[
     str | None, typer.Option("--offer", help="Storage offered to the cloud, e.g. 50GiB [default: free disk space].")
 ]
 TagOption = Annotated[list[str] | None, typer.Option("--tag", help="KEY=VALUE, e.g. site=home (repeatable).")]
+BringOption = Annotated[
+    bool, typer.Option("--bring", help="Offer the objects this node already has to the cloud (placed, repaired).")
+]
+
+
+def _say_brought(data: dict[str, Any]) -> None:
+    """What became of the objects added before the cloud: brought, or staying on this node only."""
+    if data["brought"]:
+        out.print(f"Brought {len(data['brought'])} existing object(s) into the cloud; placement takes over.")
+    for why in data["skipped"]:
+        out.print(f"Not brought: {why}")
+    if data["local_only"]:
+        out.print(
+            f"{data['local_only']} object(s) added before stay on this node only (not placed, not repaired): "
+            "`peercloud cloud bring` offers them to the cloud."
+        )
 
 
 def _client(ctx: typer.Context) -> DaemonClient:
@@ -50,14 +66,17 @@ def create(
     name: Annotated[str, typer.Argument(help="A name for the cloud.")],
     offer: OfferOption = None,
     tag: TagOption = None,
+    bring: BringOption = False,
     json: JsonFlag = False,
 ) -> None:
     """Found a cloud; this node becomes its admin."""
-    data = _client(ctx).call("POST", "/v1/cloud", {"name": name, "offer": _offer(ctx, offer), "tags": tag or []})
+    body = {"name": name, "offer": _offer(ctx, offer), "tags": tag or [], "bring": bring}
+    data = _client(ctx).call("POST", "/v1/cloud", body)
     if json:
         print_json(data)
     else:
         out.print(f"Created cloud {data['name']!r} ({data['cloud_id']}); you are its admin.")
+        _say_brought(data)
         out.print("Invite peers with `peercloud cloud invite`.")
 
 
@@ -84,15 +103,27 @@ def join(
     token: Annotated[str, typer.Argument(help="The invite token from an admin.")],
     offer: OfferOption = None,
     tag: TagOption = None,
+    bring: BringOption = False,
     json: JsonFlag = False,
 ) -> None:
     """Join a cloud with an invite token."""
-    body = {"token": token, "offer": _offer(ctx, offer), "tags": tag or []}
+    body = {"token": token, "offer": _offer(ctx, offer), "tags": tag or [], "bring": bring}
     data = _client(ctx).call("POST", "/v1/cloud/join", body)
     if json:
         print_json(data)
     else:
         out.print(f"Joined cloud {data['name']!r} ({data['cloud_id']}) with {len(data['members'])} members.")
+        _say_brought(data)
+
+
+@cloud_app.command("bring")
+def bring_objects(ctx: typer.Context, json: JsonFlag = False) -> None:
+    """Offer the objects this node added before it was in the cloud to the cloud."""
+    data = _client(ctx).call("POST", "/v1/cloud/bring")
+    if json:
+        print_json(data)
+    else:
+        _say_brought(data)
 
 
 @cloud_app.command("members")

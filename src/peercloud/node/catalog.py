@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from peercloud.cloud.catalog import Digest, in_buckets, shape_problem
+from peercloud.content.manifest import Manifest
+from peercloud.errors import NotFoundError
 from peercloud.net.link import PeerError, PeerLink
 from peercloud.node.membership import Membership
 from peercloud.store.index import CatalogEntry, Index
@@ -78,6 +80,32 @@ class CatalogSync:
         for e in new:
             self.digest.add(e)
         return new
+
+    def bring(self, manifest_of: Callable[[bytes], Manifest]) -> tuple[list[CatalogEntry], list[str]]:
+        """Objects this node added before it was in the cloud join its catalog (each under its own
+        class when the cloud has one of that coding): (entries brought, why others were not)."""
+        classes = self.membership.classes
+        brought, skipped = [], []
+        for object_id in self.index.local_only():
+            record = self.index.get_object(object_id)
+            try:
+                manifest = manifest_of(object_id)
+            except NotFoundError:
+                skipped.append(f"{object_id.hex()[:12]}: its manifest is not stored here")
+                continue
+            coding = manifest.coding
+            same = [c for c in classes.values() if c.coding == coding]
+            named = classes.get(record.storage_class) if record else None
+            cls = named if named is not None and named.coding == coding else (same[0] if same else None)
+            if cls is None:
+                skipped.append(f"{object_id.hex()[:12]}: the cloud has no class of coding {coding.k}-of-{coding.n}")
+                continue
+            total = len(manifest.blocks())
+            entry = CatalogEntry(object_id, cls.name, total, coding.k, coding.n, manifest.size, time.time())
+            if self.index.bring(entry):
+                self.added_here(entry)
+                brought.append(entry)
+        return brought, skipped
 
     def added_here(self, entry: CatalogEntry) -> None:
         """This node added an object to the cloud (its add's transaction listed it): tell members."""

@@ -232,6 +232,17 @@ class NodeService:
         self._announce(manifest.object_id)
         return result
 
+    def bring(self) -> dict[str, Any]:
+        """Objects added before this node was in a cloud join it (placement takes over)."""
+        brought, skipped = self.catalog.bring(self.node.manifest)
+        for entry in brought:
+            self.reconciler.dirty.add(entry.object_id)
+        return {
+            "brought": [e.object_id.hex() for e in brought],
+            "skipped": skipped,
+            "local_only": len(self.node.index.local_only()),
+        }
+
     def _holders(self, manifest: Manifest) -> Callable[[bytes], set[PeerId]]:
         """Which connected-or-not peers announced each block; rebuilt only when HAVEs change."""
         ids = [bid for _, _, bid in manifest.blocks()]

@@ -42,6 +42,28 @@ def insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
 class CloudTables(Database):
     """The cloud document, invites, catalog and holds."""
 
+    def local_only(self) -> list[bytes]:
+        """Objects pinned here that the catalog does not list: added before this node was in a cloud."""
+        rows = self._query(
+            "SELECT p.object_id FROM pins p WHERE NOT EXISTS (SELECT 1 FROM catalog c WHERE c.object_id = p.object_id)"
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def bring(self, entry: CatalogEntry) -> bool:
+        """Offer a pinned object to the cloud in one transaction: its catalog entry, its blocks held
+        for the cloud (placement may move them, as after an add in the cloud), its pin gone.
+        False when the catalog already listed it."""
+        with self.transaction() as db:
+            if not insert_catalog(db, entry):
+                return False
+            db.execute(
+                """INSERT OR IGNORE INTO holds (object_id, block_id, provisional)
+                   SELECT object_id, block_id, ? FROM object_blocks WHERE object_id = ?""",
+                (entry.n > 1, entry.object_id),
+            )
+            db.execute("DELETE FROM pins WHERE object_id = ?", (entry.object_id,))
+        return True
+
     def cloud_doc(self) -> bytes | None:
         """The signed cloud document this node holds, if it is in a cloud."""
         rows = self._query("SELECT doc FROM cloud WHERE id = 1")
