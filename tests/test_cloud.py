@@ -432,3 +432,25 @@ def test_objects_added_before_the_cloud_are_brought_or_said_to_stay(
     # Both objects are the cloud's now: placement gives each its second copy on the other member.
     for d, oid in ((b, early["object_id"]), (a, mine["object_id"])):
         wait_for(lambda d=d, oid=oid: health(d, oid)["redundancy"]["available"] == 2, 30, "a second copy")
+
+
+def test_local_percent_is_one_figure_everywhere(daemons: Start, make_file: Callable[..., Path], tmp_path: Path) -> None:
+    a, b = make_cloud(daemons, 2)
+    added = a.json("add", str(make_file(3 * 1024 * 1024 + 5, name="l.bin")), "--class", "replica-1")
+    oid = str(added["object_id"])
+    b.cli("get", added["read_cap"], "-o", str(tmp_path / "copy"))  # b keeps a cache, not a copy
+    wait_for(lambda: health(b, oid)["redundancy"]["available"] == 1, 20, "b to learn who holds it")
+
+    def figures(d: Daemon) -> set[float]:
+        row = next(r for r in d.json("ls") if r["object_id"] == oid)
+        listed = next(o for o in d.json("status")["objects"] if o["object_id"] == oid)
+        return {
+            row["local_percent"],
+            d.json("info", oid)["local_percent"],
+            health(d, oid)["local_percent"],
+            listed["local_percent"],
+        }
+
+    # Each node shows one figure in all four places; the holder (placement may move the one copy
+    # to b) shows 100 %, the other 0 %: a get's leftover blocks are a cache, not a copy.
+    wait_for(lambda: sorted([*figures(a), *figures(b)]) == [0.0, 100.0], 30, "one figure per node")

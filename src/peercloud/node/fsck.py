@@ -59,7 +59,8 @@ def fsck(store: BlockStore, workers: int) -> FsckReport:
     for record in store.index.objects():
         # Pinned objects must be whole here; a cached partial copy (an erasure-coded get keeps
         # only k shares per segment) is normal in a swarm, not damage.
-        if record.local_blocks < record.total_blocks and store.index.is_pinned(record.object_id):
+        whole = record.local_blocks == record.total_blocks and store.has(record.object_id)  # data and manifest
+        if not whole and store.index.is_pinned(record.object_id):
             report.damaged_objects.append((record.object_id, record.name, _recoverable(store, record.object_id)))
     return report
 

@@ -143,15 +143,21 @@ class ObjectRecord:
 
     @property
     def local_percent(self) -> float:
-        """Share of the object's blocks (manifest included) held on this node."""
+        """Share of the object's data blocks this node keeps: the one "local %" that ls, info and
+        status show (the ledger's own holding, `ledger_view.holding_here`)."""
         return 100.0 * self.local_blocks / self.total_blocks if self.total_blocks else 100.0
 
 
+# Data blocks (the manifest's own row has segment -1) stored here and kept: for the cloud's
+# objects a block a get left behind as a cache is no copy, unless this node pinned the object.
 _OBJECT_COLUMNS = """
     o.id, o.name, o.size, o.class, o.added_at, o.read_key,
     (SELECT COUNT(*) FROM object_blocks ob JOIN blocks b ON b.id = ob.block_id
-      WHERE ob.object_id = o.id),
-    (SELECT COUNT(*) FROM object_blocks ob WHERE ob.object_id = o.id)
+      WHERE ob.object_id = o.id AND ob.segment >= 0
+        AND (EXISTS (SELECT 1 FROM pins p WHERE p.object_id = o.id)
+             OR NOT EXISTS (SELECT 1 FROM catalog c WHERE c.object_id = o.id)
+             OR EXISTS (SELECT 1 FROM holds h WHERE h.object_id = o.id AND h.block_id = ob.block_id))),
+    (SELECT COUNT(*) FROM object_blocks ob WHERE ob.object_id = o.id AND ob.segment >= 0)
 """
 
 
