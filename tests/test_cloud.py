@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from peercloud.cloud.document import Invite, Member, SignedDoc
+from peercloud.cloud.document import Invite, SignedDoc
 from peercloud.cloud.placement import peer_hash
 from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, dial
@@ -131,7 +131,6 @@ def test_membership_invites_and_refusals(daemons: Start) -> None:
 
 def test_forged_documents_and_outsiders_are_refused(daemons: Start, make_file: Callable[..., Path]) -> None:
     admin, member = make_cloud(daemons, 2)
-    before = admin.json("cloud", "members")
     # An outsider cannot ask a member to store, pin or release anything.
     raw = Raw()
     try:
@@ -148,19 +147,35 @@ def test_forged_documents_and_outsiders_are_refused(daemons: Start, make_file: C
         current = SignedDoc.decode(bytes.fromhex(admin_doc_hex(admin)))
         with pytest.raises(PeerError, match="not issued"):
             raw.call(link, lambda i: m.Join(i, current.doc.cloud_id, os.urandom(32), 1))
-        # A member's key rewriting the document (making itself admin) and a tampered document.
-        member_key = Identity.load(member.home / "node.key")
-        mine = current.doc.with_member(Member(member_key.peer_id, "admin", 1, (), ("127.0.0.1:1",)))
-        raw.notify(link, m.CloudDoc(SignedDoc.create(mine, member_key).encode()))
-        tampered = bytearray(current.encode())
-        tampered[tampered.index(b"lab")] ^= 0x01  # inside the signed body
-        raw.notify(link, m.CloudDoc(bytes(tampered)))
-        wait_for(lambda: (admin.home / "daemon.log").read_text().count("refused cloud document") >= 2)
+        # Only members hear the document: an outsider sending one (even a valid old one) gets
+        # nothing back, and cannot fetch versions.
+        raw.notify(link, m.CloudDoc(current.encode()))
+        with pytest.raises(PeerError) as e:
+            raw.call(link, lambda i: m.CloudDocWant(i, current.doc.cloud_id, 1))
+        assert e.value.code == "refused"
+        assert not any(isinstance(x, m.CloudDoc) for x in raw.notices)
     finally:
         raw.close()
-    assert admin.json("cloud", "members") == before
+    # The member's own key rewriting the document (making itself admin), and a tampered document,
+    # sent over the member's own authenticated link.
+    member_key = Identity.load(member.home / "node.key")
+    assert member.stop() == 0
+    wait_for(lambda: not any(x["online"] for x in admin.json("cloud", "members")["members"] if not x["self"]))
+    before = admin.json("cloud", "members")
+    impostor = Raw(member_key)
+    try:
+        link = impostor.connect(admin)
+        forged = SignedDoc.create(current.doc.with_role(member_key.peer_id, "admin"), member_key)
+        impostor.notify(link, m.CloudDoc(forged.encode()))
+        tampered = bytearray(current.encode())
+        tampered[tampered.index(b"lab")] ^= 0x01  # inside the signed body
+        impostor.notify(link, m.CloudDoc(bytes(tampered)))
+        wait_for(lambda: (admin.home / "daemon.log").read_text().count("refused cloud document") >= 2)
+    finally:
+        impostor.close()
+    assert admin.json("cloud", "members")["version"] == before["version"]
     log = (admin.home / "daemon.log").read_text()
-    assert "not an admin of this cloud" in log and "forged or altered" in log
+    assert f"who is not an admin of version {current.doc.seq}" in log and "forged or altered" in log
 
 
 def admin_doc_hex(d: Daemon) -> str:

@@ -46,9 +46,11 @@ from peercloud.api.models import (
     JoinRequest,
     PeerRequest,
     PinRequest,
+    RoleRequest,
     UnpinRequest,
 )
 from peercloud.cloud.classes import StorageClass, shortfall
+from peercloud.cloud.document import ADMIN, MEMBER
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
 from peercloud.identity import PeerId, resolve_peer
 from peercloud.net.link import parse_peer
@@ -315,6 +317,15 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         name = service.membership.require().name
         await service.membership.leave()
         return {"left": name}
+
+    @api.post("/v1/cloud/members/{peer}/role")
+    async def cloud_role(peer: str, req: RoleRequest) -> dict[str, Any]:
+        """Promote a member to admin or demote an admin (admins only)."""
+        if req.role not in (ADMIN, MEMBER):
+            raise UsageError(f"a role is {ADMIN!r} or {MEMBER!r}")
+        members = [m.peer_id for m in service.membership.require().members]
+        service.membership.set_role(resolve_peer(peer, members), req.role)
+        return cloud_view()
 
     @api.delete("/v1/cloud/members/{peer}")
     async def cloud_remove(peer: str) -> dict[str, Any]:

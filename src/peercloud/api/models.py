@@ -64,6 +64,12 @@ class JoinRequest(BaseModel):
     bring: bool = False
 
 
+class RoleRequest(BaseModel):
+    """The role a member gets: `admin` or `member`."""
+
+    role: str
+
+
 class ClassRequest(BaseModel):
     """A storage class: `replicas` (with `max`) or an erasure code `k`+`m`."""
 

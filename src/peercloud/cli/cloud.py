@@ -169,6 +169,31 @@ def remove(
         out.print(f"Removed {peer}; the cloud has {len(data['members'])} members.")
 
 
+def _set_role(ctx: typer.Context, peer: str, role: str, json: bool) -> None:
+    data = _client(ctx).call("POST", f"/v1/cloud/members/{quote(peer.strip(), safe='')}/role", {"role": role})
+    if json:
+        print_json(data)
+    else:
+        admins = [x["peer_id"][:13] for x in data["members"] if x["role"] == "admin"]
+        out.print(f"{peer} is now {'an admin' if role == 'admin' else 'a member'}; admins: {', '.join(admins)}")
+
+
+@cloud_app.command("promote")
+def promote(
+    ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID of the member.")], json: JsonFlag = False
+) -> None:
+    """Make a member an admin: it may then invite, remove, change classes (admins only)."""
+    _set_role(ctx, peer, "admin", json)
+
+
+@cloud_app.command("demote")
+def demote(
+    ctx: typer.Context, peer: Annotated[str, typer.Argument(help="Peer ID of the admin.")], json: JsonFlag = False
+) -> None:
+    """Make an admin an ordinary member again; the cloud keeps at least one admin (admins only)."""
+    _set_role(ctx, peer, "member", json)
+
+
 def _print_classes(rows: list[dict[str, Any]]) -> None:
     table = Table("class", "keeps", "overhead", "spread", "grace", box=None)
     for c in rows:

@@ -1,11 +1,10 @@
 """The cloud document: who is in the cloud (role, offered quota, tags, addresses) and its classes.
 
-An admin signs each version; members keep the newest valid one and pass it on when they meet.
-A new version is accepted only when it is signed by an admin *of the version the receiver
-already holds*, so an ordinary member, an outsider, or a removed admin (once the receiver holds
-the version that removed it) cannot rewrite the cloud.
-Two admins editing at once produce two versions with the same number: every member keeps the
-one whose body hashes lower, so all converge on the same document.
+An admin signs each version; each names the hash of the version it was built on (`prev`), so
+the versions form a chain (`cloud/history.py` says which chains are valid and which branch wins
+when two admins edit at once). A version is valid only when its signer is an admin *of its
+parent*, so an ordinary member, an outsider, or a removed admin cannot extend the cloud's chain,
+while an admin may sign its own departure.
 
 The encoding is canonical msgpack (sorted keys, no floats except times), bounded in size
 because it travels inside one protocol header.
@@ -22,10 +21,10 @@ import msgpack
 
 from peercloud import textid
 from peercloud.cloud.classes import DEFAULT_CLASSES, StorageClass
-from peercloud.errors import FormatError, RefusedError, UsageError
+from peercloud.errors import FormatError, NotFoundError, RefusedError, UsageError
 from peercloud.identity import PUBLIC_KEY_SIZE, Identity, PeerId
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_DOC_SIZE = 60 * 1024  # fits one protocol header with room to spare
 MAX_MEMBERS = 256
 MAX_TAGS = 8
@@ -33,7 +32,7 @@ CLOUD_ID_SIZE = 16
 CLOUD_PREFIX = "cloud"
 INVITE_PREFIX = "pcinv1"
 ADMIN, MEMBER = "admin", "member"
-_SIGN_CONTEXT = b"peercloud cloud document v1\x00"
+_SIGN_CONTEXT = b"peercloud cloud document v2\x00"
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class Member:
     offer: int  # bytes of storage offered to the cloud
     tags: tuple[tuple[str, str], ...] = ()
     addresses: tuple[str, ...] = ()
+    admin_since: int = 0  # the version that made it admin (seniority between admins); 0 for members
 
     def tag(self, key: str) -> str | None:
         """The value of one tag (such as `site`), or None."""
@@ -52,13 +52,16 @@ class Member:
 
     def to_dict(self) -> dict[str, Any]:
         """The member as it appears in the document."""
-        return {
+        out = {
             "peer": self.peer_id.public_key,
             "role": self.role,
             "offer": self.offer,
             "tags": {k: v for k, v in self.tags},
             "addrs": list(self.addresses),
         }
+        if self.role == ADMIN:
+            out["since"] = self.admin_since
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> "Member":
@@ -66,7 +69,7 @@ class Member:
         if not isinstance(d, dict):
             raise FormatError("member entry is not a map")
         peer, role, offer = d.get("peer"), d.get("role"), d.get("offer")
-        tags, addrs = d.get("tags", {}), d.get("addrs", [])
+        tags, addrs, since = d.get("tags", {}), d.get("addrs", []), d.get("since", 0)
         if not (isinstance(peer, bytes) and len(peer) == PUBLIC_KEY_SIZE):
             raise FormatError("member peer key must be 32 bytes")
         if role not in (ADMIN, MEMBER) or type(offer) is not int or offer < 0:
@@ -77,7 +80,9 @@ class Member:
             raise FormatError("member tags must be text")
         if not isinstance(addrs, list) or len(addrs) > 8 or not all(isinstance(a, str) for a in addrs):
             raise FormatError("member addresses malformed")
-        return cls(PeerId(peer), role, offer, tuple(sorted(tags.items())), tuple(addrs))
+        if type(since) is not int or (since < 1 if role == ADMIN else "since" in d):
+            raise FormatError("member admin_since malformed")
+        return cls(PeerId(peer), role, offer, tuple(sorted(tags.items())), tuple(addrs), since)
 
 
 def parse_tags(texts: Iterable[str]) -> tuple[tuple[str, str], ...]:
@@ -103,13 +108,20 @@ class CloudDoc:
     members: tuple[Member, ...]
     classes: tuple[StorageClass, ...]
     issued_at: float
+    prev: bytes = b""  # hash of the version this one was built on; empty for version 1
 
     @classmethod
     def genesis(cls, name: str, founder: Member) -> "CloudDoc":
         """Version 1 of a new cloud: the founder as its only admin, the default classes."""
         if not 1 <= len(name) <= 64:
             raise UsageError("a cloud name is 1-64 characters")
+        founder = replace(founder, role=ADMIN, admin_since=1)
         return cls(os.urandom(CLOUD_ID_SIZE), name, 1, (founder,), tuple(DEFAULT_CLASSES.values()), time.time())
+
+    @property
+    def digest(self) -> bytes:
+        """Hash of the canonical body: what the next version names as `prev`."""
+        return blake3.blake3(self.encode()).digest()
 
     def member(self, peer_id: PeerId) -> Member | None:
         """The member entry of a peer, or None for outsiders."""
@@ -133,7 +145,7 @@ class CloudDoc:
     def evolve(
         self, members: Iterable[Member] | None = None, classes: Iterable[StorageClass] | None = None
     ) -> "CloudDoc":
-        """The next version, with members or classes replaced."""
+        """The next version (built on this one), with members or classes replaced."""
         new_members = tuple(members) if members is not None else self.members
         if len(new_members) > MAX_MEMBERS:
             raise RefusedError(f"a cloud has at most {MAX_MEMBERS} members")
@@ -145,11 +157,23 @@ class CloudDoc:
             members=new_members,
             classes=tuple(classes) if classes is not None else self.classes,
             issued_at=time.time(),
+            prev=self.digest,
         )
 
     def with_member(self, member: Member) -> "CloudDoc":
-        """Next version with a member added or updated."""
-        return self.evolve([m for m in self.members if m.peer_id != member.peer_id] + [member])
+        """Next version with a member added or updated (in place: the list keeps its order)."""
+        if self.member(member.peer_id) is None:
+            return self.evolve([*self.members, member])
+        return self.evolve(member if m.peer_id == member.peer_id else m for m in self.members)
+
+    def with_role(self, peer_id: PeerId, role: str) -> "CloudDoc":
+        """Next version with a member promoted to admin or demoted to member."""
+        found = self.member(peer_id)
+        if found is None:
+            raise NotFoundError(f"{peer_id} is not a member of this cloud")
+        if found.role == role:
+            raise UsageError(f"{peer_id.short()} is already {'an admin' if role == ADMIN else 'a member'}")
+        return self.with_member(replace(found, role=role, admin_since=self.seq + 1 if role == ADMIN else 0))
 
     def without_member(self, peer_id: PeerId) -> "CloudDoc":
         """Next version without a member."""
@@ -165,6 +189,7 @@ class CloudDoc:
             "members": [m.to_dict() for m in self.members],
             "classes": [c.to_dict() for c in self.classes],
             "issued": self.issued_at,
+            "prev": self.prev,
         }
         data: bytes = msgpack.packb(_sorted(body), use_bin_type=True)
         if len(data) > MAX_DOC_SIZE:
@@ -178,7 +203,7 @@ class CloudDoc:
         if body.get("v") != FORMAT_VERSION:
             raise FormatError(f"cloud document version {body.get('v')!r} is not supported")
         cloud, name, seq, issued = body.get("cloud"), body.get("name"), body.get("seq"), body.get("issued")
-        members, classes = body.get("members"), body.get("classes")
+        members, classes, prev = body.get("members"), body.get("classes"), body.get("prev")
         if not (isinstance(cloud, bytes) and len(cloud) == CLOUD_ID_SIZE):
             raise FormatError("cloud ID malformed")
         if not isinstance(name, str) or type(seq) is not int or seq < 1 or not isinstance(issued, float):
@@ -187,6 +212,8 @@ class CloudDoc:
             raise FormatError("cloud member list malformed")
         if not isinstance(classes, list) or len(classes) > 64:
             raise FormatError("cloud class list malformed")
+        if not isinstance(prev, bytes) or len(prev) != (0 if seq == 1 else 32):
+            raise FormatError("cloud document's parent hash malformed")
         doc = cls(
             cloud,
             name,
@@ -194,6 +221,7 @@ class CloudDoc:
             tuple(Member.from_dict(m) for m in members),
             tuple(StorageClass.from_dict(c) for c in classes),
             issued,
+            prev,
         )
         if len({m.peer_id for m in doc.members}) != len(doc.members) or len(doc.class_map) != len(doc.classes):
             raise FormatError("cloud document lists a member or class twice")
@@ -237,27 +265,14 @@ class SignedDoc:
         if not peer.verify(sig, _SIGN_CONTEXT + body):
             raise FormatError("cloud document signature does not match: it was forged or altered")
         doc = CloudDoc.decode(body)
-        if not doc.is_admin(peer):
-            raise FormatError(f"cloud document signed by {peer.short()}, who is not an admin in it")
-        return cls(doc, body, peer, sig)
+        if doc.seq == 1 and not doc.is_admin(peer):
+            raise FormatError(f"cloud document signed by {peer.short()}, who is not its founder")
+        return cls(doc, body, peer, sig)  # later versions: `history.check_child` judges the signer
 
     @property
     def digest(self) -> bytes:
-        """Hash of the body: breaks ties between versions with the same number."""
+        """Hash of the body: the next version's `prev`, and the last tie-break between branches."""
         return blake3.blake3(self.body).digest()
-
-
-def supersedes(current: SignedDoc, new: SignedDoc) -> bool:
-    """Whether `new` should replace `current`; RefusedError when it may not, with the reason."""
-    if new.doc.cloud_id != current.doc.cloud_id:
-        raise RefusedError("cloud document belongs to another cloud")
-    if new.doc.seq < current.doc.seq or new.body == current.body:
-        return False
-    if not current.doc.is_admin(new.signer):
-        raise RefusedError(
-            f"cloud document version {new.doc.seq} is signed by {new.signer.short()}, who is not an admin of this cloud"
-        )
-    return new.doc.seq > current.doc.seq or new.digest < current.digest
 
 
 @dataclass(frozen=True)

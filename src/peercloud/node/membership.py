@@ -12,13 +12,15 @@ import time
 from collections.abc import Callable, Iterable
 
 from peercloud.cloud.classes import DEFAULT_CLASSES, StorageClass
-from peercloud.cloud.document import ADMIN, MEMBER, CloudDoc, Invite, Member, SignedDoc, parse_tags, supersedes
+from peercloud.cloud.document import ADMIN, MEMBER, CloudDoc, Invite, Member, SignedDoc, parse_tags
 from peercloud.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink
+from peercloud.node.docchain import DocChain
 from peercloud.store.index import Index
 from peercloud.swarm.peers import PeerManager
 from peercloud.wire import messages as m
+from peercloud.wire.connection import State
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT = 15.0
@@ -36,6 +38,9 @@ class Membership:
         self.listening = listening
         raw = index.cloud_doc()
         self.signed: SignedDoc | None = SignedDoc.decode(raw) if raw else None
+        if raw is not None and self.signed is not None and index.cloud_version(self.signed.doc.seq) is None:
+            index.set_cloud_chain([(self.signed.doc.seq, raw)])  # a home from before versions were kept
+        self.chain = DocChain(identity.peer_id, index, lambda: self.signed, self.adopt, self.publish)
         self.on_left: Callable[[], None] = lambda: None  # after the cloud's tables were forgotten
         self.directories: Callable[[], list[str]] = list  # ours, handed to joiners in invites
         self.relays: Callable[[], list[str]] = list  # likewise
@@ -83,7 +88,7 @@ class Membership:
         if self.signed is not None:
             raise UsageError(f"this node is already in cloud {self.signed.doc.name!r}; leave it first")
         me = Member(self.identity.peer_id, ADMIN, offer, parse_tags(tags), tuple(self._addresses()))
-        self._store(SignedDoc.create(CloudDoc.genesis(name, me), self.identity))
+        self.adopt([SignedDoc.create(CloudDoc.genesis(name, me), self.identity)])
         return self.require()
 
     def invite(self, expires_in: float | None) -> Invite:
@@ -111,14 +116,19 @@ class Membership:
         self.publish(doc.without_member(peer_id))
         return self.require()
 
+    def set_role(self, peer_id: PeerId, role: str) -> CloudDoc:
+        """Promote a member to admin, or demote an admin (admin only; never the last admin)."""
+        self.publish(self.require_admin().with_role(peer_id, role))
+        return self.require()
+
     def set_classes(self, classes: Iterable[StorageClass]) -> CloudDoc:
         """Replace the class list (admin only)."""
         self.publish(self.require_admin().evolve(classes=classes))
         return self.require()
 
     def publish(self, doc: CloudDoc) -> None:
-        """Sign a new version, keep it, and send it to every connected member."""
-        self._store(SignedDoc.create(doc, self.identity))
+        """Sign a new version on top of ours, keep it, and send it to every connected member."""
+        self.adopt([SignedDoc.create(doc, self.identity)])
 
     # -- joining and leaving
 
@@ -155,7 +165,7 @@ class Membership:
             or doc.member(self.identity.peer_id) is None
         ):
             raise RefusedError("the admin's answer does not admit this node to the invited cloud")
-        self._store(signed)
+        self.adopt([signed])  # the versions before it come from members later (DocChain)
         self.on_joined(invite)
         return doc
 
@@ -167,7 +177,8 @@ class Membership:
             if len(doc.members) > 1 and sum(1 for x in doc.members if x.role == ADMIN) == 1:
                 raise RefusedError("you are the only admin: make another member admin first, or remove the others")
             if len(doc.members) > 1:
-                self.publish(doc.without_member(me))
+                self.publish(doc.without_member(me))  # valid: signed by an admin of its parent
+                return  # adopting a version without us left the cloud
         else:
             admins = [x.peer_id for x in doc.members if x.role == ADMIN and x.peer_id in self.peers.links]
             if not admins:
@@ -212,53 +223,104 @@ class Membership:
         # Over a relayed link the remote address is the relay's: it says nothing about the joiner.
         observed = Address.parse(link.remote).host if link.remote != "?" and link.path != "relayed" else ""
         addresses = tuple(_advertised(a, observed) for a in msg.listen[:8])
-        member = Member(peer, existing.role if existing else MEMBER, msg.offer, parse_tags(msg.tags), addresses)
+        # A member presenting its invite again may change its offer, never above what was admitted.
+        offer = min(msg.offer, existing.offer) if existing else msg.offer
+        role, since = (existing.role, existing.admin_since) if existing else (MEMBER, 0)
+        member = Member(peer, role, offer, parse_tags(msg.tags), addresses, since)
         self.publish(doc.with_member(member))
         log.info("admitted %s to cloud %r", peer.short(), doc.name)
 
     def on_link(self, link: PeerLink) -> None:
-        """A member connected: send it our version of the document."""
+        """A member connected: send it our version of the document (nobody else gets it)."""
         if self.signed is not None and self.is_member(link.peer_id):
             link.notify(m.CloudDoc(self.signed.encode()))
+            self.chain.on_link(link)
 
     def on_gossip(self, link: PeerLink, msg: m.CloudDoc) -> None:
-        """A member sent its version: keep it when it is valid and newer."""
+        """A member sent its version: the chain keeps it, reconciles, or helps the member catch up.
+        Outsiders' versions are not read, and they never get ours (the member list is the cloud's)."""
         if self.signed is None:
-            return  # outside a cloud, documents come only with a join
+            return
         try:
-            new = SignedDoc.decode(msg.doc)
-            if not supersedes(self.signed, new):
-                if new.doc.cloud_id == self.signed.doc.cloud_id and new.body != self.signed.body:
-                    link.notify(m.CloudDoc(self.signed.encode()))  # it is behind: help it catch up
-                return
+            theirs = SignedDoc.decode(msg.doc)
+            if self.is_member(link.peer_id):
+                self.chain.on_gossip(link, theirs)
+            elif link.peer_id is not None and theirs.doc.member(link.peer_id) is not None:
+                self._tell_removed(link, link.peer_id)  # a former member, back: only its removal
         except (IntegrityError, RefusedError) as e:
             log.warning("refused cloud document from %s: %s", link.peer_id.short() if link.peer_id else "?", e)
-            return
+
+    async def on_want(self, link: PeerLink, msg: m.CloudDocWant) -> None:
+        """A member asks for an earlier version of the document; a former member may fetch the
+        versions up to its removal (to check the chain that removed it), nothing after."""
+        if not self.is_member(link.peer_id):
+            removal = self._removal_of(link.peer_id) if link.peer_id is not None else None
+            if removal is None or msg.seq > removal.doc.seq:
+                await link.answer(msg.id, m.Error(msg.id, "refused", "not a member of this node's cloud"))
+                return
+        await self.chain.on_request(link, msg)
+
+    def adopt(self, versions: list[SignedDoc]) -> None:
+        """Make these versions (consecutive) the end of our chain, durably, and act on the last:
+        send it to members, connect to new ones, drop those gone; leave when it removed us."""
+        self.index.set_cloud_chain([(v.doc.seq, v.encode()) for v in versions])
+        new = versions[-1]
         if new.doc.member(self.identity.peer_id) is None:
-            log.warning("removed from cloud %r by %s", new.doc.name, new.signer.short())
+            old, self.signed = self.signed, new
+            for link in self._member_links(new.doc):
+                link.notify(m.CloudDoc(new.encode()))  # our own departure must reach the others
+            if new.signer != self.identity.peer_id:
+                log.warning("removed from cloud %r by %s", new.doc.name, new.signer.short())
+            self.signed = old
             self._forget()
             return
         self._store(new)
 
     # -- internals
 
+    def _removal_of(self, peer: PeerId) -> SignedDoc | None:
+        """The version of our chain that removed a former member (None if it never was one)."""
+        head = self.signed
+        if head is None or head.doc.member(peer) is not None:
+            return None
+        while head.doc.seq > 1:
+            parent = self.chain.version(head.doc.seq - 1)
+            if parent is None:
+                return None
+            if parent.doc.member(peer) is not None:
+                return head
+            head = parent
+        return None
+
+    def _tell_removed(self, link: PeerLink, peer: PeerId) -> None:
+        """Send a former member the version that removed it, and nothing newer."""
+        removal = self._removal_of(peer)
+        if removal is not None:
+            link.notify(m.CloudDoc(removal.encode()))
+
+    def _member_links(self, doc: CloudDoc) -> list[PeerLink]:
+        """Open links to the members of `doc` (a link may be closing while a version arrives)."""
+        links = list(self.peers.links.items())
+        return [lk for p, lk in links if doc.member(p) is not None and lk.conn.state is State.OPEN]
+
     def _store(self, signed: SignedDoc) -> None:
         old = self.doc
-        self.index.set_cloud_doc(signed.encode())
         self.signed = signed
-        for link in list(self.peers.links.values()):
-            if self.is_member(link.peer_id):
-                link.notify(m.CloudDoc(signed.encode()))
+        for link in self._member_links(signed.doc):
+            link.notify(m.CloudDoc(signed.encode()))
         if old is not None:
             for gone in {x.peer_id for x in old.members} - {x.peer_id for x in signed.doc.members}:
                 self.peers.drop(gone)
                 stale = self.peers.links.get(gone)
-                if stale is not None and not any(raw == gone.public_key for raw, _ in self.index.peers()):
-                    stale.close("no longer a member of the cloud")
+                if stale is not None and stale.conn.state is State.OPEN:
+                    stale.notify(m.CloudDoc(signed.encode()))  # the version that removed it: it must know
+                    if not any(raw == gone.public_key for raw, _ in self.index.peers()):
+                        stale.close("no longer a member of the cloud")
         self._connect(signed.doc.members)
 
     def _forget(self) -> None:
         doc = self.doc
+        self.chain.stop()
         self.index.leave_cloud()  # what we held for it is no longer kept; pins by hand stay
         self.signed = None
         self.on_left()

@@ -187,6 +187,8 @@ class NodeService:
             await self.auditor.on_request(link, msg)
         elif isinstance(msg, m.Join | m.Leave):
             await self.membership.on_request(link, msg)
+        elif isinstance(msg, m.CloudDocWant):
+            await self.membership.on_want(link, msg)
         elif isinstance(msg, m.Place | m.Release):
             await self.reconciler.on_request(link, msg)
         elif isinstance(msg, m.CatalogWant):

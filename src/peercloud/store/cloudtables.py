@@ -10,6 +10,15 @@ from typing import Any
 from peercloud.store.db import Database, placeholders
 
 _CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
+# Version 6: every version of the cloud document this node holds, the chain its current one
+# ends (cloud/history.py): to find where two admins' edits forked, and to hand missing versions
+# to a member catching up. The `cloud` row stays the current version.
+SCHEMA_V6 = """
+CREATE TABLE cloud_versions (
+    seq INTEGER PRIMARY KEY,
+    doc BLOB NOT NULL
+);
+"""
 
 
 @dataclass(frozen=True)
@@ -69,10 +78,29 @@ class CloudTables(Database):
         rows = self._query("SELECT doc FROM cloud WHERE id = 1")
         return bytes(rows[0][0]) if rows else None
 
-    def set_cloud_doc(self, doc: bytes) -> None:
-        """Replace the cloud document (leaving the cloud is `leave_cloud`)."""
+    def set_cloud_chain(self, versions: list[tuple[int, bytes]]) -> None:
+        """Make these versions (seq, signed bytes; consecutive, the last the current one) the end
+        of the chain, dropping any we held at or after the first: one transaction, synced (a
+        member must not come back from a power cut on a version it told others it left)."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO cloud (id, doc) VALUES (1, ?)", (doc,))
+            db.execute("DELETE FROM cloud_versions WHERE seq >= ?", (versions[0][0],))
+            db.executemany("INSERT INTO cloud_versions (seq, doc) VALUES (?, ?)", versions)
+            db.execute("INSERT OR REPLACE INTO cloud (id, doc) VALUES (1, ?)", (versions[-1][1],))
+
+    def add_cloud_versions(self, versions: list[tuple[int, bytes]]) -> None:
+        """Versions below the ones we hold (a joiner completing its history); the current one stays."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO cloud_versions (seq, doc) VALUES (?, ?)", versions)
+
+    def cloud_version(self, seq: int) -> bytes | None:
+        """One version of the chain we hold, or None."""
+        rows = self._query("SELECT doc FROM cloud_versions WHERE seq = ?", (seq,))
+        return bytes(rows[0][0]) if rows else None
+
+    def first_cloud_version(self) -> int:
+        """The lowest version number we hold (1 once the history is complete; 0 when none)."""
+        rows = self._query("SELECT MIN(seq) FROM cloud_versions")
+        return int(rows[0][0] or 0)
 
     def add_invite(self, secret_hash: bytes, expires_at: float | None) -> None:
         """Remember an invite this admin issued (only its hash)."""
@@ -114,7 +142,7 @@ class CloudTables(Database):
     def leave_cloud(self) -> None:
         """Forget the cloud, its catalog and what was held for it, in one transaction."""
         with self.transaction() as db:
-            for table in ("cloud", "catalog", "holds"):
+            for table in ("cloud", "cloud_versions", "catalog", "holds"):
                 db.execute(f"DELETE FROM {table}")
 
     def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peercloud.store.cloudtables import CatalogEntry, CloudTables, insert_catalog
+from peercloud.store.cloudtables import SCHEMA_V6, CatalogEntry, CloudTables, insert_catalog
 from peercloud.store.db import placeholders
 from peercloud.store.holdings import Claim, Holding, HoldingTables
 from peercloud.store.records import SCHEMA_V5, RecordTables
 
 __all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord"]
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -166,7 +166,7 @@ class Index(HoldingTables, CloudTables, RecordTables):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5])
+        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6])
 
     # -- blocks
 

@@ -185,6 +185,17 @@ class CloudDoc(Message):
 
 
 @dataclass(frozen=True)
+class CloudDocWant(Message):
+    """Ask a member for one earlier version of the cloud document (answered by `Ok` with it):
+    to fill in the chain below a version that does not follow ours, and find where it forked."""
+
+    TYPE: ClassVar[str] = "cloud_want"
+    id: int
+    cloud: bytes
+    seq: int
+
+
+@dataclass(frozen=True)
 class Catalog(Message):
     """Gossip: an object of the cloud, its class and shape (so members can judge its health)."""
 
@@ -393,6 +404,7 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Ping: (Pong,),
     Join: (Ok,),
     Leave: (Ok,),
+    CloudDocWant: (Ok,),
     Place: (Ok,),
     Release: (Ok,),
     Audit: (Proof,),
@@ -410,6 +422,7 @@ Request = (
     | Ping
     | Join
     | Leave
+    | CloudDocWant
     | Place
     | Release
     | Audit
@@ -532,6 +545,8 @@ def _validate(msg: Message) -> None:
         raise ProtocolError(f"records: at most {MAX_RECORDS} records of at most 1000 bytes")
     if isinstance(msg, Hello) and msg.path not in ("", *PATHS):
         raise ProtocolError(f"hello: unknown path {msg.path[:20]!r}")
+    if isinstance(msg, CloudDocWant) and (len(msg.cloud) != 16 or msg.seq < 1):
+        raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
     if isinstance(msg, CatalogWant) and (len(msg.buckets) != 32 or len(msg.after) not in (0, 32)):
