@@ -131,8 +131,10 @@ def test_other_routes_answer_with_proper_statuses(api: Api) -> None:
     assert error["exit_code"] == 2 and "cap" in error["error"] and error["detail"][0]["loc"] == ["body", "cap"]
     status, _, body = api.request("DELETE", f"/v1/peers/{PeerId(bytes(32))}")
     assert status == 404 and json.loads(body)["exit_code"] == 3
-    status, _, body = api.request("DELETE", "/v1/peers/peer_nonsense")
+    status, _, body = api.request("DELETE", "/v1/peers/peer_n0nsense")  # 0 is no base32 digit
     assert status == 400 and json.loads(body)["exit_code"] == 2
+    status, _, body = api.request("DELETE", "/v1/peers/peer_nonsense")  # could start a peer ID: none known
+    assert status == 404 and json.loads(body)["exit_code"] == 3
     status, _, body = api.request("GET", "/v1/objects/0123")
     assert status == 404 and json.loads(body)["exit_code"] == 3
     status, _, body = api.request("GET", "/v1/nothing-here")

@@ -469,3 +469,14 @@ def test_local_percent_is_one_figure_everywhere(daemons: Start, make_file: Calla
     # Each node shows one figure in all four places; the holder (placement may move the one copy
     # to b) shows 100 %, the other 0 %: a get's leftover blocks are a cache, not a copy.
     wait_for(lambda: sorted([*figures(a), *figures(b)]) == [0.0, 100.0], 30, "one figure per node")
+
+
+def test_status_of_an_object_a_peer_holds_nothing_of(daemons: Start, make_file: Callable[..., Path]) -> None:
+    a, _ = make_cloud(daemons, 2)
+    added = a.json("add", str(make_file(2_500_000, name="far.bin")), "--class", "replica-2")
+    outsider = daemons("outsider")  # in no cloud, linked to a only: it knows nothing of the object
+    outsider.cli("peers", "add", f"{a.peer_id}@127.0.0.1:{a.port}")
+    wait_for(lambda: any(r["connected"] for r in outsider.json("peers")), what="the outsider's link")
+    seen = outsider.json("status", str(added["object_id"]))
+    held = {h["peer_id"]: h["percent"] for h in seen["holders"]}
+    assert held.get(a.peer_id) == 100.0 and seen["local_percent"] == 0.0

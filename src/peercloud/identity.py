@@ -93,6 +93,9 @@ class Identity:
         return cls(key)
 
 
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
 def resolve_peer(text: str, known: Iterable[PeerId]) -> PeerId:
     """A full peer ID, or the start of one (as tables show it: `peer_5xjp6237`) naming exactly
     one of the `known` peers; case does not matter."""
@@ -100,8 +103,9 @@ def resolve_peer(text: str, known: Iterable[PeerId]) -> PeerId:
     try:
         return PeerId.parse(text)
     except UsageError:
-        if len(text) < len(PEER_PREFIX) + 1 + 4 or not text.lower().startswith(PEER_PREFIX + "_"):
-            raise
+        start = text.lower()[len(PEER_PREFIX) + 1 :]
+        if len(start) < 4 or not text.lower().startswith(PEER_PREFIX + "_") or start.strip(_BASE32):
+            raise  # not the start of a peer ID at all: the parse error says what is wrong
     matches = {p for p in known if str(p).startswith(text.lower())}
     if not matches:
         raise NotFoundError(f"no known peer starts with {text!r}")

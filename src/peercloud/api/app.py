@@ -260,7 +260,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.get("/v1/objects/{ref}/status")
     async def status(ref: str) -> dict[str, Any]:
         """Who holds which blocks of the object, and its health against its class."""
-        return views.object_status(*service.status(ref))
+        return views.object_status(*await service.status(ref))
 
     @api.get("/v1/status")
     async def summary() -> dict[str, Any]:

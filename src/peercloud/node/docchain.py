@@ -44,6 +44,9 @@ class DocChain:
         self.publish = publish  # sign this document's change again on top of our head
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # The newest version each member sent that still needs reconciling: one task per link,
+        # however many notices a member sends.
+        self._pending: dict[PeerLink, SignedDoc] = {}
 
     def version(self, seq: int) -> SignedDoc | None:
         """A version of our chain, or None when we do not hold it."""
@@ -71,7 +74,9 @@ class DocChain:
         if ours is not None and ours.digest == new.digest:
             link.notify(m.CloudDoc(head.encode()))  # it is behind on our own chain: help it
             return
-        self._spawn(self._reconcile(link, new))
+        if link not in self._pending:
+            self._spawn(self._reconcile(link))
+        self._pending[link] = new
 
     async def on_request(self, link: PeerLink, msg: m.CloudDocWant) -> None:
         """Hand a member one version of our chain."""
@@ -86,6 +91,7 @@ class DocChain:
         """Stop reconciling."""
         for task in self._tasks:
             task.cancel()
+        self._pending.clear()
 
     # -- internals
 
@@ -114,8 +120,9 @@ class DocChain:
             if found:
                 self.index.add_cloud_versions([(v.doc.seq, v.encode()) for v in found])
 
-    async def _reconcile(self, link: PeerLink, theirs: SignedDoc) -> None:
+    async def _reconcile(self, link: PeerLink) -> None:
         async with self._lock:
+            theirs = self._pending.pop(link)
             try:
                 await self._reconcile_locked(link, theirs)
             except (PeerError, IntegrityError, RefusedError, m.ProtocolError) as e:

@@ -44,6 +44,7 @@ MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 60.0
 OUTSIDER_TTL = 3600.0  # an outsider's claims outlive its link by this long
+STATUS_WAIT = 2.0  # seconds to wait for peers to say what they hold of an object new to us
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,7 @@ class NodeService:
         brought, skipped = self.catalog.bring(self.node.manifest)
         for entry in brought:
             self.reconciler.dirty.add(entry.object_id)
+            self._announce(entry.object_id)  # members dropped our HAVEs of it while it was not the cloud's
         return {
             "brought": [e.object_id.hex() for e in brought],
             "skipped": skipped,
@@ -360,9 +362,12 @@ class NodeService:
             blocks = [manifest.block(s, j) for s, j in wanted]
             self.node.index.hold(object_id, [*blocks, object_id])
             self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
+            missing = [b for b in dict.fromkeys(blocks) if not store.has(b)]
+            deadline = time.monotonic() + STATUS_WAIT
+            while missing and not self.node.index.holdings(object_id) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)  # a manifest just fetched: peers are answering our HAVE query
             holders = self._holders(manifest)
             online = set(self.peers.links)
-            missing = [b for b in dict.fromkeys(blocks) if not store.has(b)]
             direct = [b for b in missing if holders(b) & online]
             if direct:
                 await fetch.fetch(self.peers, store, [fetch.Group([b], 1) for b in direct], holders)
@@ -458,9 +463,16 @@ class NodeService:
         """The ledger's view of one object, with its class when the cloud knows it."""
         return ledger_view(self.node, object_id, set(self.peers.links), self.membership.doc)
 
-    def status(self, text: str) -> tuple[ObjectStatus, ObjectRecord | None, str]:
-        """The ledger's view of one object, for `status OBJ`, with the placement note."""
+    async def status(self, text: str) -> tuple[ObjectStatus, ObjectRecord | None, str]:
+        """The ledger's view of one object, for `status OBJ`, with the placement note. Any peer can
+        tell who holds what: for an object neither in our cloud's catalog nor stored here, the
+        manifest comes from peers and they are asked what they hold of it."""
         object_id = self.node.resolve(text).object_id
+        if not self.node.index.catalog(object_id) and not self.node.store.has(object_id):
+            await self.manifest(object_id)  # asks peers for their HAVEs too
+            deadline = time.monotonic() + STATUS_WAIT
+            while not self.node.index.holdings(object_id) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         return self.ledger(object_id), self.node.index.get_object(object_id), self.reconciler.notes.get(object_id, "")
 
     def summary(self) -> list[tuple[ObjectStatus, ObjectRecord | None]]:
