@@ -104,8 +104,9 @@ def resolve_peer(text: str, known: Iterable[PeerId]) -> PeerId:
         return PeerId.parse(text)
     except UsageError:
         start = text.lower()[len(PEER_PREFIX) + 1 :]
-        if len(start) < 4 or not text.lower().startswith(PEER_PREFIX + "_") or start.strip(_BASE32):
-            raise  # not the start of a peer ID at all: the parse error says what is wrong
+        full = -(-PUBLIC_KEY_SIZE * 8 // 5)  # base32 characters of a whole key
+        if not 4 <= len(start) < full or not text.lower().startswith(PEER_PREFIX + "_") or start.strip(_BASE32):
+            raise  # not the start of a peer ID (a whole one that does not parse included): the error says why
     matches = {p for p in known if str(p).startswith(text.lower())}
     if not matches:
         raise NotFoundError(f"no known peer starts with {text!r}")

@@ -59,9 +59,9 @@ def fsck(store: BlockStore, workers: int) -> FsckReport:
     for record in store.index.objects():
         # Pinned objects must be whole here; a cached partial copy (an erasure-coded get keeps
         # only k shares per segment) is normal in a swarm, not damage.
-        whole = record.local_blocks == record.total_blocks and store.has(record.object_id)  # data and manifest
-        if not whole and store.index.is_pinned(record.object_id):
-            report.damaged_objects.append((record.object_id, record.name, _recoverable(store, record.object_id)))
+        oid = record.object_id
+        if store.index.is_pinned(oid) and not store.index.has_every_block(oid):
+            report.damaged_objects.append((oid, record.name, _recoverable(store, oid)))
     return report
 
 

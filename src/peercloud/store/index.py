@@ -304,6 +304,15 @@ class Index(HoldingTables, CloudTables, RecordTables):
 
     # -- what this node holds
 
+    def has_every_block(self, object_id: bytes) -> bool:
+        """True when every block the object lists (its manifest's row included) is stored here:
+        what fsck asks of a pinned object."""
+        return not self._query(
+            """SELECT 1 FROM object_blocks ob WHERE ob.object_id = ?
+               AND NOT EXISTS (SELECT 1 FROM blocks b WHERE b.id = ob.block_id) LIMIT 1""",
+            (object_id,),
+        )
+
     def local_indexes(self, object_id: bytes, held_only: bool = False) -> list[int] | None:
         """Positions (in manifest order) of the object's blocks stored here (and, with `held_only`,
         kept for the cloud rather than cached by a get); None if the object is unknown."""
