@@ -28,6 +28,7 @@ FORMAT_VERSION = 2
 MAX_DOC_SIZE = 60 * 1024  # fits one protocol header with room to spare
 MAX_MEMBERS = 256
 MAX_TAGS = 8
+MAX_SEQ = 1 << 62  # version numbers stay below: SQLite keeps them as signed 64-bit integers
 CLOUD_ID_SIZE = 16
 CLOUD_PREFIX = "cloud"
 INVITE_PREFIX = "pcinv1"
@@ -80,7 +81,7 @@ class Member:
             raise FormatError("member tags must be text")
         if not isinstance(addrs, list) or len(addrs) > 8 or not all(isinstance(a, str) for a in addrs):
             raise FormatError("member addresses malformed")
-        if type(since) is not int or (since < 1 if role == ADMIN else "since" in d):
+        if type(since) is not int or (not 1 <= since < MAX_SEQ if role == ADMIN else "since" in d):
             raise FormatError("member admin_since malformed")
         return cls(PeerId(peer), role, offer, tuple(sorted(tags.items())), tuple(addrs), since)
 
@@ -149,6 +150,8 @@ class CloudDoc:
         new_members = tuple(members) if members is not None else self.members
         if len(new_members) > MAX_MEMBERS:
             raise RefusedError(f"a cloud has at most {MAX_MEMBERS} members")
+        if self.seq + 1 >= MAX_SEQ:
+            raise RefusedError(f"the cloud document has reached its last version number ({MAX_SEQ - 1})")
         if not any(m.role == ADMIN for m in new_members):
             raise RefusedError("the cloud would have no admin left")
         return replace(
@@ -208,6 +211,8 @@ class CloudDoc:
             raise FormatError("cloud ID malformed")
         if not isinstance(name, str) or type(seq) is not int or seq < 1 or not isinstance(issued, float):
             raise FormatError("cloud name, version or time malformed")
+        if seq >= MAX_SEQ:
+            raise FormatError(f"cloud document version number {seq} is out of range (at most {MAX_SEQ - 1})")
         if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
             raise FormatError("cloud member list malformed")
         if not isinstance(classes, list) or len(classes) > 64:
@@ -225,6 +230,8 @@ class CloudDoc:
         )
         if len({m.peer_id for m in doc.members}) != len(doc.members) or len(doc.class_map) != len(doc.classes):
             raise FormatError("cloud document lists a member or class twice")
+        if seq == 1 and any(m.role == ADMIN and m.admin_since != 1 for m in doc.members):
+            raise FormatError("cloud document version 1 gives an admin a seniority other than 1")
         if doc.encode() != data:
             raise FormatError("cloud document is not in canonical form")
         return doc

@@ -127,7 +127,11 @@ class Membership:
         return self.require()
 
     def publish(self, doc: CloudDoc) -> None:
-        """Sign a new version on top of ours, keep it, and send it to every connected member."""
+        """Sign a new version on top of ours, keep it, and send it to every connected member;
+        nothing when it would change nothing (the same members and classes as ours)."""
+        current = self.doc
+        if current is not None and doc.members == current.members and doc.classes == current.classes:
+            return
         self.adopt([SignedDoc.create(doc, self.identity)])
 
     # -- joining and leaving
@@ -227,6 +231,8 @@ class Membership:
         offer = min(msg.offer, existing.offer) if existing else msg.offer
         role, since = (existing.role, existing.admin_since) if existing else (MEMBER, 0)
         member = Member(peer, role, offer, parse_tags(msg.tags), addresses, since)
+        if member == existing:
+            return  # a retry that changes nothing: no new version (the chain grows only by changes)
         self.publish(doc.with_member(member))
         log.info("admitted %s to cloud %r", peer.short(), doc.name)
 

@@ -545,8 +545,8 @@ def _validate(msg: Message) -> None:
         raise ProtocolError(f"records: at most {MAX_RECORDS} records of at most 1000 bytes")
     if isinstance(msg, Hello) and msg.path not in ("", *PATHS):
         raise ProtocolError(f"hello: unknown path {msg.path[:20]!r}")
-    if isinstance(msg, CloudDocWant) and (len(msg.cloud) != 16 or msg.seq < 1):
-        raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1")
+    if isinstance(msg, CloudDocWant) and (len(msg.cloud) != 16 or not 1 <= msg.seq < 2**62):
+        raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1 to 2^62 - 1")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
     if isinstance(msg, CatalogWant) and (len(msg.buckets) != 32 or len(msg.after) not in (0, 32)):
