@@ -5,13 +5,14 @@ import time
 from pathlib import Path
 
 from peercloud.store.holdings import OUTSIDER_ROWS
-from peercloud.store.index import CatalogEntry, Claim, Index
+from peercloud.store.index import Claim, Index, OwnedEntry
 
 
 def test_claims_on_unknown_objects_are_dropped_and_outsiders_are_capped(tmp_path: Path) -> None:
     index = Index(tmp_path / "index.sqlite")
     known = [os.urandom(32) for _ in range(OUTSIDER_ROWS + 10)]
-    index.put_catalog_many(CatalogEntry(oid, "replica-3", 1, 1, 1, 5000, 0.0) for oid in known)
+    owner = os.urandom(32)
+    index.put_own([OwnedEntry(oid, owner, 1, "replica-3", 1, 1, 1, 5000, 0.0, 3003) for oid in known])
     outsider, member = os.urandom(32), os.urandom(32)
     made_up = [Claim(os.urandom(32), b"\xff" * 1024) for _ in range(500)]
     assert index.set_holdings(outsider, made_up, member=False) == 0

@@ -92,12 +92,11 @@ def test_a_requested_block_arrives_whole_over_many_records() -> None:
 @settings(max_examples=200, deadline=None)
 @given(data=st.binary(max_size=2000))
 def test_batch_decoders_refuse_garbage_cleanly(data: bytes) -> None:
-    for decode, pack in ((batches.unpack_haves, batches.pack_haves), (batches.unpack_catalog, batches.pack_catalog)):
-        try:
-            items = decode(data)
-        except m.ProtocolError:
-            continue
-        assert b"".join(pack(items)) == data  # what parses is exactly what was sent: nothing ignored
+    try:
+        items = batches.unpack_haves(data)
+    except m.ProtocolError:
+        return
+    assert b"".join(batches.pack_haves(items)) == data  # what parses is exactly what was sent: nothing ignored
 
 
 def test_batches_round_trip_and_stay_under_the_header_limit() -> None:
@@ -105,10 +104,5 @@ def test_batches_round_trip_and_stay_under_the_header_limit() -> None:
     packed = list(batches.pack_haves(haves))
     assert len(packed) > 1 and all(len(p) <= batches.BATCH_BYTES for p in packed)
     assert [e for p in packed for e in batches.unpack_haves(p)] == haves
-    items = [batches.CatalogItem(os.urandom(32), "replica-3", 4, 1, 1, 3_000_000) for _ in range(3000)]
-    pages = list(batches.pack_catalog(items))
-    assert [e for p in pages for e in batches.unpack_catalog(p)] == items
-    for p in pages:  # each page fits one frame's header
-        assert len(m.encode_header(m.CatalogPage(1, p, True))) <= m.MAX_HEADER
     with pytest.raises(m.ProtocolError):
         batches.unpack_haves(packed[0][:-1] + b"")  # truncated bitmap

@@ -1,9 +1,9 @@
 """Attack: the bulk inventory and catalog messages from an outsider. It sends `haves` batches
 naming 20,000 made-up objects, `have_query` notices asking about 20,000 random IDs, a
-`catalog_digest` of the wrong size and a `catalog_want` for every bucket.
+`catalog_heads` of the wrong size and a `catalog_want` for the node's own log.
 
 Bound: the index grows by less than 1 MB (made-up objects are never recorded), the catalog is
-never served to a non-member (`catalog_want` refused), a malformed digest closes at most the
+never served to a non-member (`catalog_want` refused), malformed heads close at most the
 attacker's own link, and a third peer's pings are answered throughout.
 """
 
@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from peercloud.identity import PeerId
 from peercloud.wire import batches
 from peercloud.wire import messages as m
 
@@ -35,11 +36,11 @@ def test_bulk_messages_from_an_outsider(daemons: Callable[..., Daemon], make_fil
             ids = os.urandom(32 * OBJECTS)
             step = 32 * 2000
             h.send_frames([m.HaveQuery(ids[i : i + step]) for i in range(0, len(ids), step)])
-            answer = h.call(m.CatalogWant(h.conn.new_id(), b"\xff" * 32, b""))
+            answer = h.call(m.CatalogWant(h.conn.new_id(), PeerId.parse(d.peer_id).public_key, 0))
             f.figure("catalog_want", answer)
             f.require(isinstance(answer, m.Error) and answer.code == "refused", "catalog_want answered to an outsider")
             f.figure("ping_after_flood_s", round(h.ping(), 3))
-            h.send_frames([m.CatalogDigest(b"\0" * 100)])
+            h.send_frames([m.CatalogHeads(b"\0" * 100)])
             h.pump(1.0)
         time.sleep(1.0)
         grown = index_bytes(d.home) - before

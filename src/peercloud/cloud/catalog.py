@@ -1,23 +1,40 @@
-"""The catalog's rules: which entries are possible, and a digest two members compare to sync.
+"""The catalog's rules: signed batches of entries, who may write what, and which entry counts.
 
-Members keep the same catalog. Rather than re-sending 100,000 entries on every link, each side
-sends a digest: per bucket of object IDs (the ID's first byte, 256 buckets), how many entries
-it holds and the XOR of their hashes. Buckets that differ are pulled, page by page, from one
-peer at a time; identical catalogs cost one 3 KiB message. Pure functions, no I/O.
+Every member keeps a log of the catalog entries it owns: sequence-numbered batches, each one
+Ed25519 signature over a header that commits to its entries by a Merkle root. One signature
+covers up to MAX_OPS entries, so a newcomer checks 100,000 entries with 250 signatures rather
+than 100,000. An entry is (object, owner): an owner's own `put` (class and shape) or `remove`;
+nobody writes an entry of another owner, so a member can neither plant entries in someone
+else's name nor weaken the class of their object. Several owners of one object (convergent
+adds) each keep their own entry; the object's class is the strongest of its live entries.
+
+Pure functions, no I/O; `node/catalog.py` syncs the logs and `store/catalogtables.py` keeps them.
 """
 
+import math
 import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
-import blake3
+from peercloud.cloud.classes import StorageClass
+from peercloud.content import merkle
+from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest
+from peercloud.errors import FormatError, RefusedError
+from peercloud.identity import PUBLIC_KEY_SIZE, Identity, PeerId
+from peercloud.store.catalogtables import PUT as PUT
+from peercloud.store.catalogtables import REMOVE as REMOVE
+from peercloud.store.catalogtables import OwnedEntry
 
-from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE
-from peercloud.store.index import CatalogEntry
-
-BUCKETS = 256
 MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
-_SHAPE = struct.Struct(">IHHQ")
-_BUCKET = struct.Struct(">IQ")
-DIGEST_SIZE = BUCKETS * _BUCKET.size
+MAX_OPS = 400  # entries per batch: a batch fits one 60 KB page with room to spare
+MAX_LOG_OPS = 1_000_000  # entries one member's log may hold: 10x a large library, and a bound
+FUTURE_SLACK = 86400.0  # an entry dated further ahead than this is refused (it would outlive deletes)
+MAX_CLASS_NAME = 32
+_SIGN_CONTEXT = b"peercloud catalog batch v1\x00"
+_HEADER = struct.Struct(">B16s32sQdI32s")  # version, cloud, author, seq, time, count, root
+_SIGNATURE = 64
+_OP = struct.Struct(">B32sdIHHQB")  # kind, object, time, total blocks, k, n, size, class length
+VERSION = 1
 
 
 def shape_problem(total: int, k: int, n: int, size: int) -> str | None:
@@ -30,41 +47,176 @@ def shape_problem(total: int, k: int, n: int, size: int) -> str | None:
     return None
 
 
-def entry_hash(e: CatalogEntry) -> int:
-    """64 bits standing for one entry in the digest (object, class and shape; not the time)."""
-    data = e.object_id + e.storage_class.encode() + _SHAPE.pack(e.total_blocks, e.k, e.n, e.size)
-    return int.from_bytes(blake3.blake3(data).digest()[:8], "big")
+def manifest_problem(e: OwnedEntry, manifest: Manifest) -> str | None:
+    """Why an entry does not describe this manifest (its owner lied about the shape), or None."""
+    coding = manifest.coding
+    if (e.total_blocks, e.k, e.n, e.size) != (len(manifest.blocks()), coding.k, coding.n, manifest.size):
+        return "its shape differs from the object's manifest"
+    return None
 
 
-class Digest:
-    """Per-bucket counts and hash XORs of a catalog, kept up to date as entries arrive."""
+@dataclass(frozen=True)
+class Op:
+    """One entry of an owner's log: `put` (the object is the owner's, with this class) or `remove`."""
 
-    def __init__(self) -> None:
-        self.counts = [0] * BUCKETS
-        self.hashes = [0] * BUCKETS
-
-    def add(self, e: CatalogEntry) -> None:
-        """Count a new entry."""
-        b = e.object_id[0]
-        self.counts[b] += 1
-        self.hashes[b] ^= entry_hash(e)
+    kind: int
+    object_id: bytes
+    at: float  # when the owner made it: a delete made later than a put erases it
+    storage_class: str = ""
+    total_blocks: int = 0
+    k: int = 0
+    n: int = 0
+    size: int = 0
 
     def encode(self) -> bytes:
-        """The digest as it travels (3 KiB)."""
-        return b"".join(_BUCKET.pack(c, h) for c, h in zip(self.counts, self.hashes, strict=True))
+        """The entry as it is signed and travels."""
+        name = self.storage_class.encode()
+        return (
+            _OP.pack(self.kind, self.object_id, self.at, self.total_blocks, self.k, self.n, self.size, len(name)) + name
+        )
 
-    def differs(self, other: bytes) -> bytes:
-        """Bitmap (32 bytes) of the buckets where a peer's encoded digest differs from ours."""
-        if len(other) != DIGEST_SIZE:
-            raise ValueError("catalog digest has the wrong size")
-        out = bytearray(BUCKETS // 8)
-        for b in range(BUCKETS):
-            if _BUCKET.unpack_from(other, b * _BUCKET.size) != (self.counts[b], self.hashes[b]):
-                out[b // 8] |= 0x80 >> (b % 8)
-        return bytes(out)
+    def problem(self) -> str | None:
+        """Why no owner could have made this entry, or None."""
+        if not math.isfinite(self.at) or self.at < 0:
+            return "entry time is not a time"
+        if self.kind == REMOVE:
+            ok = (self.storage_class, self.total_blocks, self.k, self.n, self.size) == ("", 0, 0, 0, 0)
+            return None if ok else "a removal carries no class or shape"
+        if self.kind != PUT:
+            return f"unknown entry kind {self.kind}"
+        if not self.storage_class:
+            return "a put names its class"
+        return shape_problem(self.total_blocks, self.k, self.n, self.size)
 
 
-def in_buckets(object_id: bytes, buckets: bytes) -> bool:
-    """Whether an object ID falls in a bucket bitmap."""
-    b = object_id[0]
-    return bool(buckets[b // 8] & (0x80 >> (b % 8)))
+@dataclass(frozen=True)
+class Batch:
+    """A signed run of one author's log: entries `seq`'s of them, in the order they were made."""
+
+    cloud_id: bytes
+    author: PeerId
+    seq: int
+    at: float
+    ops: tuple[Op, ...]
+    root: bytes
+    signature: bytes
+
+    @classmethod
+    def sign(cls, identity: Identity, cloud_id: bytes, seq: int, at: float, ops: Iterable[Op]) -> "Batch":
+        """Sign the next batch of this node's own log."""
+        ops = tuple(ops)
+        if not 1 <= len(ops) <= MAX_OPS:
+            raise ValueError(f"a batch holds 1..{MAX_OPS} entries")
+        root = merkle.tree_root([op.encode() for op in ops])
+        header = _HEADER.pack(VERSION, cloud_id, identity.peer_id.public_key, seq, at, len(ops), root)
+        return cls(cloud_id, identity.peer_id, seq, at, ops, root, identity.sign(_SIGN_CONTEXT + header))
+
+    def encode(self) -> bytes:
+        """The batch as it is stored and travels."""
+        header = _HEADER.pack(
+            VERSION, self.cloud_id, self.author.public_key, self.seq, self.at, len(self.ops), self.root
+        )
+        return header + self.signature + b"".join(op.encode() for op in self.ops)
+
+    @classmethod
+    def decode(cls, data: bytes) -> "Batch":
+        """Parse a batch from an untrusted peer and check its signature and root (not the author's
+        right to write: that is `check`'s, against the cloud document)."""
+        if len(data) < _HEADER.size + _SIGNATURE:
+            raise FormatError("catalog batch: truncated header")
+        version, cloud, author, seq, at, count, root = _HEADER.unpack_from(data)
+        if version != VERSION or not 1 <= count <= MAX_OPS or not 1 <= seq < 1 << 62 or not math.isfinite(at):
+            raise FormatError("catalog batch: malformed header")
+        signature = data[_HEADER.size : _HEADER.size + _SIGNATURE]
+        pos, view, ops, leaves = _HEADER.size + _SIGNATURE, memoryview(data), [], []
+        for _ in range(count):
+            if len(view) - pos < _OP.size:
+                raise FormatError("catalog batch: truncated entry")
+            kind, oid, op_at, total, k, n, size, length = _OP.unpack_from(view, pos)
+            end = pos + _OP.size + length
+            if length > MAX_CLASS_NAME or end > len(view):
+                raise FormatError("catalog batch: malformed entry")
+            try:
+                name = bytes(view[pos + _OP.size : end]).decode()
+            except UnicodeDecodeError:
+                raise FormatError("catalog batch: class name is not UTF-8") from None
+            leaves.append(bytes(view[pos:end]))
+            ops.append(Op(kind, oid, op_at, name, total, k, n, size))
+            pos = end
+        if pos != len(view):
+            raise FormatError("catalog batch: trailing bytes")
+        if merkle.tree_root(leaves) != root:
+            raise FormatError("catalog batch: entries do not match their root")
+        peer = PeerId(author)
+        if not peer.verify(signature, _SIGN_CONTEXT + data[: _HEADER.size]):
+            raise FormatError("catalog batch signature does not match: it was forged or altered")
+        return cls(cloud, peer, seq, at, tuple(ops), root, signature)
+
+    def check(self, cloud_id: bytes, members: Iterable[PeerId], head: int, logged: int, now: float) -> None:
+        """RefusedError unless this batch may extend its author's log here: the author is a member
+        of our cloud, the batch is the next of its log, within the cap, and every entry possible."""
+        if self.cloud_id != cloud_id:
+            raise RefusedError("catalog batch belongs to another cloud")
+        if self.author not in set(members):
+            raise RefusedError(f"catalog batch by {self.author.short()}, who is not a member")
+        if self.seq != head + 1:
+            raise RefusedError(f"catalog batch {self.seq} of {self.author.short()} does not follow {head}")
+        if logged + len(self.ops) > MAX_LOG_OPS:
+            raise RefusedError(f"{self.author.short()}'s catalog log is full ({MAX_LOG_OPS} entries)")
+        for op in self.ops:
+            problem = op.problem() or (
+                "entry dated in the future" if op.at > now + FUTURE_SLACK or self.at > now + FUTURE_SLACK else None
+            )
+            if problem is not None:
+                raise RefusedError(f"catalog batch {self.seq} of {self.author.short()}: {problem}")
+
+
+def rank(cls: StorageClass | None) -> int:
+    """How strong a class is, by the losses it survives and then the copies it keeps: an object
+    several owners added is kept under the strongest of their classes. An unknown class ranks last."""
+    if cls is None:
+        return 0
+    tolerance, copies = (cls.replicas - 1, cls.max_replicas) if cls.replicas else (cls.m, cls.k + cls.m)
+    return (tolerance + 1) * 1000 + copies
+
+
+def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass]) -> OwnedEntry:
+    """An owner's entry as the index keeps it, ranked by the classes we know."""
+    return OwnedEntry(
+        op.object_id,
+        owner,
+        op.kind,
+        op.storage_class,
+        op.total_blocks,
+        op.k,
+        op.n,
+        op.size,
+        op.at,
+        rank(classes.get(op.storage_class)) if op.kind == PUT else 0,
+    )
+
+
+def op_of(e: OwnedEntry) -> Op:
+    """The log entry an owner signs for its own entry."""
+    return Op(e.kind, e.object_id, e.at, e.storage_class, e.total_blocks, e.k, e.n, e.size)
+
+
+def pack_heads(heads: Mapping[PeerId, int]) -> bytes:
+    """Per author, the last batch of its log held here: what members compare to sync."""
+    return b"".join(
+        p.public_key + struct.pack(">Q", seq) for p, seq in sorted(heads.items(), key=lambda x: x[0].public_key)
+    )
+
+
+def unpack_heads(data: bytes, limit: int) -> dict[PeerId, int]:
+    """Parse a member's heads (at most `limit` authors)."""
+    size = PUBLIC_KEY_SIZE + 8
+    if len(data) % size or len(data) // size > limit:
+        raise FormatError("catalog heads malformed or too many")
+    out = {}
+    for pos in range(0, len(data), size):
+        seq = struct.unpack_from(">Q", data, pos + PUBLIC_KEY_SIZE)[0]
+        if not 1 <= seq < 1 << 62:
+            raise FormatError("catalog heads: impossible sequence number")
+        out[PeerId(data[pos : pos + PUBLIC_KEY_SIZE])] = seq
+    return out

@@ -49,6 +49,12 @@ def leaf_hashes(data: bytes | memoryview) -> list[bytes]:
     return [_hash_leaf(view[i * LEAF_SIZE : (i + 1) * LEAF_SIZE]) for i in range(leaf_count(len(view)))]
 
 
+def tree_root(leaves: Sequence[bytes]) -> bytes:
+    """The Merkle root over small records (one leaf each, at least one): what a signed batch of
+    catalog entries commits to, so one signature covers hundreds of entries."""
+    return _root([_hash_leaf(leaf) for leaf in leaves])
+
+
 def block_id(data: bytes | memoryview) -> bytes:
     """The 32-byte content address of a block: what every peer checks a block against."""
     return _root(leaf_hashes(data))

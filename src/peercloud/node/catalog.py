@@ -1,25 +1,28 @@
-"""Catalog sync between members: digests on connect, differing buckets pulled from one peer.
+"""Catalog sync between members: every member's signed log, compared by heads, pulled by author.
 
-A member that connects sends its catalog digest (`cloud/catalog.py`); a receiver whose digest
-differs pulls the differing buckets from that peer with `catalog_want`, a page (≤ 60 KB) per
-request and one index transaction per page, and then tells its members its new digest. One
-pull runs at a time, so a new member fetches the catalog once, not once per member. A peer
-streams its HAVEs to a member only once their digests agree (or after READY_WAIT), so HAVEs
-never arrive for objects the receiver has yet to learn — and are never dropped for that.
+Each member writes its own entries (`cloud/catalog.py`) into a log of signed batches: an add
+commits its entry unlogged, and a moment later (or at start, after a crash) this node signs what
+is unlogged as the next batch and sends it to its members. A member that connects sends its
+heads (per author, the last batch it holds); a receiver that holds less of some log pulls the
+rest of that log from that peer, a page of batches per request, each batch checked (signature,
+root, author a member, next in its log, within the cap) before one transaction keeps it. A peer
+streams its HAVEs to a member only once their heads agree (or after READY_WAIT), so HAVEs never
+arrive for objects the receiver has yet to learn, and are never dropped for that.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-from peercloud.cloud.catalog import Digest, in_buckets, shape_problem
+from peercloud.cloud import catalog
 from peercloud.content.manifest import Manifest
-from peercloud.errors import NotFoundError
+from peercloud.errors import FormatError, NotFoundError, RefusedError
+from peercloud.identity import Identity, PeerId
 from peercloud.net.link import PeerError, PeerLink
 from peercloud.node.membership import Membership
-from peercloud.store.index import CatalogEntry, Index
+from peercloud.store.index import CatalogEntry, Index, OwnedEntry
 from peercloud.swarm.peers import PeerManager
 from peercloud.wire import batches
 from peercloud.wire import messages as m
@@ -27,59 +30,55 @@ from peercloud.wire import messages as m
 log = logging.getLogger(__name__)
 READY_WAIT = 20.0  # seconds a HAVE stream waits for catalogs to agree before it goes anyway
 PAGE_TIMEOUT = 30.0
-SCAN = 1000  # catalog rows read per index query while filling a page
+FLUSH_DELAY = 0.05  # an add's entry is signed this soon after, with those of the adds around it
+MAX_AUTHORS = 4096  # heads one member may send: more than a cloud has members
 
 
 class CatalogSync:
     """Keeps this node's catalog in step with its members'."""
 
-    def __init__(self, index: Index, peers: PeerManager, membership: Membership) -> None:
+    def __init__(self, identity: Identity, index: Index, peers: PeerManager, membership: Membership) -> None:
+        self.identity = identity
+        self.me = identity.peer_id.public_key
         self.index = index
         self.peers = peers
         self.membership = membership
-        self.digest = Digest()
-        self._theirs: dict[PeerLink, bytes] = {}
+        self.heads: dict[bytes, tuple[int, int]] = {}  # author -> (last batch, entries logged)
+        self._theirs: dict[PeerLink, dict[PeerId, int]] = {}
         self._agreed: dict[PeerLink, asyncio.Event] = {}
-        self._lock = asyncio.Lock()
+        self._pulling: set[bytes] = set()  # authors a pull runs for (from one peer at a time)
+        self._flushing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Objects whose entries an owner's departure or a lie changed (placement looks again), and our own entries
+        # once members have their batch (then our HAVEs of them may go: never before the entry).
+        self.on_changed: Callable[[set[bytes]], None] = lambda _: None
+        self.on_logged: Callable[[list[bytes]], None] = lambda _: None
         self.load()
 
     def load(self) -> None:
-        """Rebuild the digest from the index (at start, and after leaving the cloud)."""
-        self.digest = Digest()
-        after = b""
-        while page := self.index.catalog_after(after, 5000):
-            for e in page:
-                self.digest.add(e)
-            after = page[-1].object_id
+        """Read the heads from the index (at start, and after leaving the cloud)."""
+        self.heads = self.index.catalog_heads()
 
-    # -- entries from anywhere
+    # -- this node's own log
 
-    def accept(self, link: PeerLink | None, items: Iterable[batches.CatalogItem]) -> list[CatalogEntry]:
-        """Keep possible entries of known classes from a member (or this node), in one transaction."""
-        entries = self._possible(link, items)
-        return self._counted(self.index.put_catalog_many(entries)) if entries else []
+    def flush_soon(self) -> None:
+        """Our entries changed (an add, a bring, a removal): sign them into our log shortly."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = self._spawn(self._flush())
 
-    def _possible(self, link: PeerLink | None, items: Iterable[batches.CatalogItem]) -> list[CatalogEntry]:
-        """Entries whose shape is possible and class known; an impossible one closes the link."""
+    async def _flush(self) -> None:
+        await asyncio.sleep(FLUSH_DELAY)
         doc = self.membership.doc
-        if doc is None:
-            return []
-        now, entries = time.time(), []
-        for it in items:
-            problem = shape_problem(it.total_blocks, it.k, it.n, it.size)
-            if problem is not None:
-                if link is not None:
-                    link.close(f"catalog entry with an impossible shape: {problem}")
-                return []
-            if it.storage_class in doc.class_map:  # an unknown class would never be placed
-                entries.append(CatalogEntry(it.object_id, it.storage_class, it.total_blocks, it.k, it.n, it.size, now))
-        return entries
-
-    def _counted(self, new: list[CatalogEntry]) -> list[CatalogEntry]:
-        for e in new:
-            self.digest.add(e)
-        return new
+        while doc is not None and (entries := self.index.unlogged(self.me, catalog.MAX_OPS)):
+            seq = self.heads.get(self.me, (0, 0))[0] + 1  # only this task writes our log
+            ops = [catalog.op_of(e) for e in entries]
+            data = catalog.Batch.sign(self.identity, doc.cloud_id, seq, time.time(), ops).encode()
+            await asyncio.to_thread(self.index.log_own, self.me, seq, data, entries)
+            self._advance(self.me, seq, len(entries))
+            notice = m.CatalogBatch(data)
+            for link in self._member_links():
+                link.notify(notice)
+            self.on_logged([e.object_id for e in entries])
 
     def bring(self, manifest_of: Callable[[bytes], Manifest]) -> tuple[list[CatalogEntry], list[str]]:
         """Objects this node added before it was in the cloud join its catalog (each under its own
@@ -100,32 +99,42 @@ class CatalogSync:
             if cls is None:
                 skipped.append(f"{object_id.hex()[:12]}: the cloud has no class of coding {coding.k}-of-{coding.n}")
                 continue
-            total = len(manifest.blocks())
-            entry = CatalogEntry(object_id, cls.name, total, coding.k, coding.n, manifest.size, time.time())
-            if self.index.bring(entry):
-                self.added_here(entry)
-                brought.append(entry)
+            total, now = len(manifest.blocks()), time.time()
+            op = catalog.Op(catalog.PUT, object_id, now, cls.name, total, coding.k, coding.n, manifest.size)
+            if self.index.bring(catalog.owned(op, self.me, classes)):
+                brought.append(CatalogEntry(object_id, cls.name, total, coding.k, coding.n, manifest.size, now))
+        if brought:
+            self.flush_soon()
         return brought, skipped
 
-    def added_here(self, entry: CatalogEntry) -> None:
-        """This node added an object to the cloud (its add's transaction listed it): tell members."""
-        self.digest.add(entry)
-        msg = m.Catalog(entry.object_id, entry.storage_class, entry.total_blocks, entry.k, entry.n, entry.size)
-        for link in self._member_links():
-            link.notify(msg)
+    def check_manifest(self, manifest: Manifest) -> None:
+        """Entries whose shape the object's manifest belies stop counting: an owner lied."""
+        bad = [
+            e.owner
+            for e in self.index.owned_entries(manifest.object_id)
+            if e.kind == catalog.PUT and catalog.manifest_problem(e, manifest) is not None
+        ]
+        if bad:
+            log.warning(
+                "catalog entries of %s by %d owner(s) belie its manifest: dropped",
+                manifest.object_id.hex()[:12],
+                len(bad),
+            )
+            self.index.mark_bad(manifest.object_id, bad)
+            self.on_changed({manifest.object_id})
 
     # -- links and gossip
 
     def on_link(self, link: PeerLink) -> None:
-        """A member connected: send our digest; its HAVE stream waits for agreement."""
+        """A member connected: send our heads; its HAVE stream waits for agreement."""
         if self.membership.is_member(link.peer_id):
+            self._prune()
             self._agreed[link] = asyncio.Event()
             link.closed.add_done_callback(lambda _: self._forget(link))
-            link.notify(m.CatalogDigest(self.digest.encode()))
-            # Its digest may have come in the same read as the end of the handshake, before us.
-            theirs = self._theirs.get(link)
-            if theirs is not None and not any(self.digest.differs(theirs)):
+            link.notify(m.CatalogHeads(self._packed_heads()))
+            if self._caught_up(link):  # its heads may have come in the same read as the handshake's end
                 self._agree(link)
+            self.flush_soon()  # what a crash left unsigned
 
     async def ready(self, link: PeerLink) -> None:
         """Return once our catalogs agree (or READY_WAIT passed): then this link's HAVEs may flow."""
@@ -136,83 +145,142 @@ class CatalogSync:
                     await agreed.wait()
 
     def on_notice(self, link: PeerLink, msg: m.Message) -> None:
-        """Catalog and digest notices from members (others are ignored)."""
+        """Batches and heads from members (others are ignored)."""
         if not self.membership.is_member(link.peer_id):
             return
-        if isinstance(msg, m.Catalog):
-            self.accept(link, [batches.CatalogItem(msg.object, msg.cls, msg.total, msg.k, msg.n, msg.size)])
-        elif isinstance(msg, m.CatalogDigest):
+        if isinstance(msg, m.CatalogBatch):
+            self._take_one(link, msg.batch)
+        elif isinstance(msg, m.CatalogHeads):
             try:
-                differs = any(self.digest.differs(msg.digest))
-            except ValueError as e:
+                theirs = catalog.unpack_heads(msg.heads, MAX_AUTHORS)
+            except FormatError as e:
                 link.close(str(e))
                 return
             if link not in self._theirs:
                 link.closed.add_done_callback(lambda _: self._forget(link))
-            self._theirs[link] = msg.digest
-            if not differs:
+            self._theirs[link] = theirs
+            self._prune()
+            for author, seq in theirs.items():
+                if seq > self.heads.get(author.public_key, (0, 0))[0]:
+                    self._pull_soon(link, author.public_key)
+            if self._caught_up(link):
                 self._agree(link)
-                return
-            task = asyncio.get_running_loop().create_task(self._pull(link))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     async def on_request(self, link: PeerLink, msg: m.Message) -> None:
-        """Serve a page of entries in the asked buckets, to members only."""
+        """Serve a page of an author's batches, to members only."""
         assert isinstance(msg, m.CatalogWant)
         if not self.membership.is_member(link.peer_id):
             await link.answer(msg.id, m.Error(msg.id, "refused", "not a member of this node's cloud"))
             return
-        packed, more = await asyncio.to_thread(self._page, msg.buckets, msg.after)
-        await link.answer(msg.id, m.CatalogPage(msg.id, packed, more))
+        found = await asyncio.to_thread(self.index.catalog_batches, msg.author, msg.after, batches.BATCH_BYTES)
+        head = self.heads.get(msg.author, (0, 0))[0]
+        await link.answer(msg.id, m.CatalogPage(msg.id, tuple(found), msg.after + len(found) < head))
 
     # -- internals
 
-    def _page(self, buckets: bytes, after: bytes) -> tuple[bytes, bool]:
-        items: list[batches.CatalogItem] = []
-        size = 0
-        while rows := self.index.catalog_after(after, SCAN):
-            for e in rows:
-                after = e.object_id
-                if not in_buckets(e.object_id, buckets):
-                    continue
-                item = batches.CatalogItem(e.object_id, e.storage_class, e.total_blocks, e.k, e.n, e.size)
-                size += 49 + len(e.storage_class.encode())
-                items.append(item)
-                if size > batches.BATCH_BYTES - 200:
-                    return b"".join(batches.pack_catalog(items)), True
-        return b"".join(batches.pack_catalog(items)), False
-
-    async def _pull(self, link: PeerLink) -> None:
-        """Fetch the buckets where `link`'s catalog differs from ours, one pull at a time."""
-        async with self._lock:
-            theirs = self._theirs.get(link)
-            if theirs is None:
-                return
-            buckets = self.digest.differs(theirs)
-            learned, after = 0, b""
+    def _take_one(self, link: PeerLink, data: bytes) -> None:
+        """A batch a member pushed, kept before the next message on the link is read (the owner's
+        HAVEs follow it and would be dropped for an object we do not know yet); a gap in the
+        author's log means we missed some: pull them."""
+        try:
+            batch = catalog.Batch.decode(data)  # one signature and at most MAX_OPS hashes: a few ms
+        except FormatError as e:
+            link.close(f"catalog batch refused: {e}")
+            return
+        author = batch.author.public_key
+        if author == self.me or author in self._pulling:
+            return  # our own log is ours to write; a running pull will bring it
+        head = self.heads.get(author, (0, 0))[0]
+        if batch.seq > head + 1:
+            self._pull_soon(link, author)
+        elif batch.seq == head + 1:
             try:
-                while any(buckets):
-                    answer = await link.call(m.CatalogWant(link.next_id(), buckets, after), PAGE_TIMEOUT)
-                    page = answer.message
-                    assert isinstance(page, m.CatalogPage)
-                    items = batches.unpack_catalog(page.entries)
-                    entries = self._possible(link, items)
-                    # The transaction runs in a worker thread: a 1,000-entry page must not stall the loop.
-                    learned += len(self._counted(await asyncio.to_thread(self.index.put_catalog_many, entries)))
-                    if not page.more or not items:
-                        break
-                    after = items[-1].object_id
-            except (PeerError, m.ProtocolError) as e:
-                log.info("catalog sync with %s stopped: %s", link.peer_id.short() if link.peer_id else "?", e)
-            if learned:
-                log.info("learned %d catalog entries from %s", learned, link.peer_id.short() if link.peer_id else "?")
-                digest = m.CatalogDigest(self.digest.encode())
-                for other in self._member_links():
-                    other.notify(digest)
-            for lk, their in list(self._theirs.items()):
-                if not any(self.digest.differs(their)):
-                    self._agree(lk)
+                self.index.append_batch(author, batch.seq, data, self._entries(batch))
+            except RefusedError as e:
+                log.info("catalog batch from %s refused: %s", _who(link), e)
+                return
+            self._advance(author, batch.seq, len(batch.ops))
+            self._tell_heads()
+
+    def _entries(self, batch: catalog.Batch) -> list[OwnedEntry]:
+        """Check a decoded batch against our cloud: the entries to keep, or RefusedError."""
+        doc = self.membership.doc
+        if doc is None:
+            raise RefusedError("not in a cloud")
+        author = batch.author.public_key
+        head, logged = self.heads.get(author, (0, 0))
+        batch.check(doc.cloud_id, [x.peer_id for x in doc.members], head, logged, time.time())
+        return [catalog.owned(op, author, doc.class_map) for op in batch.ops]
+
+    def _pull_soon(self, link: PeerLink, author: bytes) -> None:
+        if author not in self._pulling:
+            self._pulling.add(author)
+            self._spawn(self._pull(link, author))
+
+    async def _pull(self, link: PeerLink, author: bytes) -> None:
+        """Fetch the rest of one author's log from `link`, page by page."""
+        learned = 0
+        try:
+            while True:
+                head = self.heads.get(author, (0, 0))[0]
+                answer = await link.call(m.CatalogWant(link.next_id(), author, head), PAGE_TIMEOUT)
+                page = answer.message
+                assert isinstance(page, m.CatalogPage)
+                for data in page.batches:
+                    batch = await asyncio.to_thread(catalog.Batch.decode, data)
+                    if batch.author.public_key != author:
+                        raise FormatError("catalog page holds another author's batch")
+                    # Pushes of this author wait for the pull (`_pulling`): nobody else moves its head.
+                    await asyncio.to_thread(self.index.append_batch, author, batch.seq, data, self._entries(batch))
+                    self._advance(author, batch.seq, len(batch.ops))
+                    learned += 1
+                if not page.more or not page.batches:
+                    break
+        except FormatError as e:
+            link.close(f"catalog batch refused: {e}")
+        except RefusedError as e:
+            log.warning("catalog log of %s from %s refused: %s", author.hex()[:12], _who(link), e)
+        except (PeerError, m.ProtocolError) as e:
+            log.info("catalog sync with %s stopped: %s", _who(link), e)
+        finally:
+            self._pulling.discard(author)
+        if learned:
+            log.info("learned %d catalog batch(es) of %s from %s", learned, author.hex()[:12], _who(link))
+            self._tell_heads()
+
+    def _tell_heads(self) -> None:
+        """Our heads moved: members that hold less pull from us; links now in step may flow."""
+        heads = m.CatalogHeads(self._packed_heads())
+        for other in self._member_links():
+            other.notify(heads)
+        for link in list(self._theirs):
+            if self._caught_up(link):
+                self._agree(link)
+
+    def _advance(self, author: bytes, seq: int, ops: int) -> None:
+        logged = self.heads.get(author, (0, 0))[1]
+        self.heads[author] = (seq, logged + ops)
+
+    def _caught_up(self, link: PeerLink) -> bool:
+        theirs = self._theirs.get(link)
+        return theirs is not None and all(
+            seq <= self.heads.get(a.public_key, (0, 0))[0] for a, seq in theirs.items() if self.membership.is_member(a)
+        )
+
+    def _prune(self) -> None:
+        """Logs of authors no longer members go, and with them their entries."""
+        doc = self.membership.doc
+        if doc is None:
+            return
+        members = {x.peer_id.public_key for x in doc.members}
+        for author in [a for a in self.heads if a not in members]:
+            touched = self.index.drop_author(author)
+            del self.heads[author]
+            self.on_changed(touched)
+            log.info("dropped the catalog log of former member %s (%d objects)", author.hex()[:12], len(touched))
+
+    def _packed_heads(self) -> bytes:
+        return catalog.pack_heads({PeerId(a): seq for a, (seq, _) in self.heads.items()})
 
     def _agree(self, link: PeerLink) -> None:
         agreed = self._agreed.get(link)
@@ -225,3 +293,13 @@ class CatalogSync:
 
     def _member_links(self) -> list[PeerLink]:
         return [lk for lk in list(self.peers.links.values()) if self.membership.is_member(lk.peer_id)]
+
+    def _spawn(self, coro: "asyncio._CoroutineLike[None]") -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+def _who(link: PeerLink) -> str:
+    return link.peer_id.short() if link.peer_id else "?"

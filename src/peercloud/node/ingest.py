@@ -10,6 +10,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from peercloud.cloud import catalog
 from peercloud.cloud.classes import StorageClass
 from peercloud.content import cipher
 from peercloud.content.caps import ReadCap
@@ -18,7 +19,7 @@ from peercloud.content.segment import SegmentCodec
 from peercloud.errors import NotFoundError, UsageError
 from peercloud.node.pipeline import ordered_map
 from peercloud.store.blockstore import BlockStore, Staged
-from peercloud.store.index import CatalogEntry, ObjectRecord
+from peercloud.store.index import ObjectRecord
 
 MANIFEST_SEGMENT = -1  # object_blocks row that names the manifest block itself
 COMMIT_BYTES = 64 * 1024 * 1024
@@ -59,11 +60,12 @@ def add_file(
     workers: int,
     convergence_secret: bytes | None = None,
     progress: Progress | None = None,
-    for_cloud: bool = False,
+    owner: bytes | None = None,
 ) -> AddResult:
     """Store the file at `path` as a new object of class `cls` on this node.
 
-    `for_cloud`: the object joins this node's cloud (catalog + holds) instead of being pinned.
+    `owner` (this node's public key): the object joins this node's cloud (its catalog entry,
+    owned by this node, and holds) instead of being pinned.
     """
     try:
         size = path.stat().st_size
@@ -120,10 +122,11 @@ def add_file(
         record = ObjectRecord(manifest.object_id, path.name, read, cls.name, time.time(), key)
         blocks = [*manifest.blocks(), (MANIFEST_SEGMENT, 0, manifest.object_id)]
         entry = None
-        if for_cloud:
-            k, n = cls.coding.k, cls.coding.n
-            entry = CatalogEntry(manifest.object_id, cls.name, len(manifest.blocks()), k, n, read, record.added_at)
-        store.index.add_object(record, blocks, pin=not for_cloud, catalog=entry)
+        if owner is not None:
+            k, n, total = cls.coding.k, cls.coding.n, len(manifest.blocks())
+            op = catalog.Op(catalog.PUT, manifest.object_id, record.added_at, cls.name, total, k, n, read)
+            entry = catalog.owned(op, owner, {cls.name: cls})
+        store.index.add_object(record, blocks, pin=owner is None, catalog=entry)
     except BaseException:
         store.abort(batch)
         # Blocks this add made visible but no object references must not linger as garbage.

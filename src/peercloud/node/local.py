@@ -69,7 +69,7 @@ class LocalNode:
             workers=self.workers,
             convergence_secret=secret,
             progress=progress,
-            for_cloud=classes is not None,
+            owner=self.identity.peer_id.public_key if classes is not None else None,
         )
 
     def resolve(self, text: str) -> ReadCap | VerifyCap:

@@ -104,11 +104,13 @@ class NodeService:
         self.membership.relays = self.network.relays.configured
         self.membership.on_invite = self.network.adopt
         self.membership.on_joined = self.network.remember
-        self.catalog = CatalogSync(node.index, self.peers, self.membership)
+        self.catalog = CatalogSync(node.identity, node.index, self.peers, self.membership)
         self.membership.on_left = self.catalog.load
         self.peers.ready = self.catalog.ready
+        self.catalog.on_logged = self._announce_all
         self.auditor = Auditor(node.index, node.store, self.peers, self.manifest, self.membership.is_member)
         self.reconciler = Reconciler(self)
+        self.catalog.on_changed = self.reconciler.dirty.update
         self.peers.on_claims = self.reconciler.dirty.update
         self.auditor.on_proved = self.reconciler.dirty.add
         self._serve_blocks = block_server(node.store)
@@ -202,7 +204,7 @@ class NodeService:
             return
         if isinstance(msg, m.CloudDoc):
             self.membership.on_gossip(link, msg)
-        elif isinstance(msg, m.Catalog | m.CatalogDigest):
+        elif isinstance(msg, m.CatalogBatch | m.CatalogHeads):
             self.catalog.on_notice(link, msg)
 
     def _on_link(self, link: PeerLink) -> None:
@@ -212,6 +214,10 @@ class NodeService:
 
     def _announce(self, object_id: bytes) -> None:
         self.peers.announce(object_id)
+
+    def _announce_all(self, object_ids: list[bytes]) -> None:
+        for oid in object_ids:
+            self.peers.announce(oid)
 
     # -- operations
 
@@ -229,18 +235,18 @@ class NodeService:
             classes=doc.class_map if doc else None,
         )
         manifest = result.manifest
-        for entry in self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over
-            self.catalog.added_here(entry)
-            self.reconciler.dirty.add(entry.object_id)
-        self._announce(manifest.object_id)
+        if self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over
+            self.catalog.flush_soon()  # announced once members have the entry
+            self.reconciler.dirty.add(manifest.object_id)
+        else:
+            self._announce(manifest.object_id)
         return result
 
     def bring(self) -> dict[str, Any]:
         """Objects added before this node was in a cloud join it (placement takes over)."""
         brought, skipped = self.catalog.bring(self.node.manifest)
-        for entry in brought:
+        for entry in brought:  # announced once members have the entry (they dropped our HAVEs till then)
             self.reconciler.dirty.add(entry.object_id)
-            self._announce(entry.object_id)  # members dropped our HAVEs of it while it was not the cloud's
         return {
             "brought": [e.object_id.hex() for e in brought],
             "skipped": skipped,
@@ -286,7 +292,9 @@ class NodeService:
                 ) from None
         if not self.node.index.holdings(object_id):
             self.peers.query(object_id)  # announcements made before we knew the object were not kept
-        return self.node.manifest(object_id)
+        manifest = self.node.manifest(object_id)
+        self.catalog.check_manifest(manifest)
+        return manifest
 
     async def _gather(self, manifest: Manifest, all_blocks: bool, progress: Progress | None) -> None:
         store, coding = self.node.store, manifest.coding

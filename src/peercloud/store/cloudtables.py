@@ -1,15 +1,11 @@
-"""Tables of the cloud: its signed document, the invites this admin issued, the catalog of the
-cloud's objects, and the blocks this node keeps for the cloud (holds)."""
+"""Tables of the cloud: its signed document and its history, the invites this admin issued, and
+the blocks this node keeps for the cloud (holds). The catalog is `catalogtables.py`'s."""
 
-import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
 
-from peercloud.store.db import Database, placeholders
+from peercloud.store.db import Database
 
-_CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
 # Version 6: every version of the cloud document this node holds, the chain its current one
 # ends (cloud/history.py): to find where two admins' edits forked, and to hand missing versions
 # to a member catching up. The `cloud` row stays the current version.
@@ -21,57 +17,8 @@ CREATE TABLE cloud_versions (
 """
 
 
-@dataclass(frozen=True)
-class CatalogEntry:
-    """An object of the cloud: its class and shape, known to every member."""
-
-    object_id: bytes
-    storage_class: str
-    total_blocks: int
-    k: int
-    n: int
-    size: int
-    added_at: float
-
-
-def _entry(r: Any) -> CatalogEntry:
-    return CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
-
-
-def insert_catalog(db: sqlite3.Connection, e: CatalogEntry) -> bool:
-    """Insert one entry inside a transaction; the first entry for an object stays. True when new."""
-    return bool(
-        db.execute(
-            f"INSERT OR IGNORE INTO catalog ({_CATALOG}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (e.object_id, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.added_at),
-        ).rowcount
-    )
-
-
 class CloudTables(Database):
-    """The cloud document, invites, catalog and holds."""
-
-    def local_only(self) -> list[bytes]:
-        """Objects pinned here that the catalog does not list: added before this node was in a cloud."""
-        rows = self._query(
-            "SELECT p.object_id FROM pins p WHERE NOT EXISTS (SELECT 1 FROM catalog c WHERE c.object_id = p.object_id)"
-        )
-        return [bytes(r[0]) for r in rows]
-
-    def bring(self, entry: CatalogEntry) -> bool:
-        """Offer a pinned object to the cloud in one transaction: its catalog entry, its blocks held
-        for the cloud (placement may move them, as after an add in the cloud), its pin gone.
-        False when the catalog already listed it."""
-        with self.transaction() as db:
-            if not insert_catalog(db, entry):
-                return False
-            db.execute(
-                """INSERT OR IGNORE INTO holds (object_id, block_id, provisional)
-                   SELECT object_id, block_id, ? FROM object_blocks WHERE object_id = ?""",
-                (entry.n > 1, entry.object_id),
-            )
-            db.execute("DELETE FROM pins WHERE object_id = ?", (entry.object_id,))
-        return True
+    """The cloud document, invites and holds."""
 
     def cloud_doc(self) -> bytes | None:
         """The signed cloud document this node holds, if it is in a cloud."""
@@ -127,51 +74,11 @@ class CloudTables(Database):
             db.execute("UPDATE invites SET used_by = ? WHERE secret_hash = ?", (peer_id, secret_hash))
             return None
 
-    def put_catalog(self, entry: CatalogEntry) -> bool:
-        """Record an object of the cloud; the first entry for an object stays. True when new."""
-        return bool(self.put_catalog_many([entry]))
-
-    def put_catalog_many(self, entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
-        """Record many entries in one transaction; returns those that were new.
-
-        Not waited on the disk: entries come from members, who send them again (catalog sync).
-        """
-        with self.transaction(durable=False) as db:
-            return [e for e in entries if insert_catalog(db, e)]
-
     def leave_cloud(self) -> None:
         """Forget the cloud, its catalog and what was held for it, in one transaction."""
         with self.transaction() as db:
-            for table in ("cloud", "cloud_versions", "catalog", "holds"):
+            for table in ("cloud", "cloud_versions", "catalog", "catalog_entries", "catalog_log", "holds"):
                 db.execute(f"DELETE FROM {table}")
-
-    def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
-        """Objects of the cloud (or one of them)."""
-        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
-        return [_entry(r) for r in self._query(f"SELECT {_CATALOG} FROM catalog {where}", args)]
-
-    def catalog_after(self, after: bytes, limit: int) -> list[CatalogEntry]:
-        """Entries in object ID order after `after`: a page for catalog sync and paged scans."""
-        rows = self._query(
-            f"SELECT {_CATALOG} FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
-        )
-        return [_entry(r) for r in rows]
-
-    def catalog_ids_after(self, after: bytes, limit: int) -> list[bytes]:
-        """Object IDs of the catalog after `after`, in order: a sweep's cheap first look at a page."""
-        rows = self._query(
-            "SELECT object_id FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
-        )
-        return [bytes(r[0]) for r in rows]
-
-    def catalog_of(self, object_ids: list[bytes]) -> list[CatalogEntry]:
-        """The entries of these objects (those the catalog has), in one query per 500."""
-        out = []
-        for start in range(0, len(object_ids), 500):
-            part = object_ids[start : start + 500]
-            rows = self._query(f"SELECT {_CATALOG} FROM catalog WHERE object_id IN ({placeholders(len(part))})", part)
-            out += [_entry(r) for r in rows]
-        return out
 
     def hold(self, object_id: bytes, block_ids: Iterable[bytes], provisional: bool = False) -> None:
         """Keep these blocks for the cloud (garbage collection spares them).

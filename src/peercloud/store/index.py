@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peercloud.store.cloudtables import SCHEMA_V6, CatalogEntry, CloudTables, insert_catalog
+from peercloud.store.catalogtables import SCHEMA_V7, CatalogEntry, CatalogTables, OwnedEntry, put_entries
+from peercloud.store.cloudtables import SCHEMA_V6, CloudTables
 from peercloud.store.db import placeholders
 from peercloud.store.holdings import Claim, Holding, HoldingTables
 from peercloud.store.records import SCHEMA_V5, RecordTables
 
-__all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord"]
-SCHEMA_VERSION = 6
+__all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord", "OwnedEntry"]
+SCHEMA_VERSION = 7
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -161,12 +162,12 @@ _OBJECT_COLUMNS = """
 """
 
 
-class Index(HoldingTables, CloudTables, RecordTables):
+class Index(HoldingTables, CatalogTables, CloudTables, RecordTables):
     """The node's index: every table, each concern in its own module, over one connection."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6])
+        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7])
 
     # -- blocks
 
@@ -225,12 +226,13 @@ class Index(HoldingTables, CloudTables, RecordTables):
         record: ObjectRecord,
         blocks: Iterable[tuple[int, int, bytes]],
         pin: bool,
-        catalog: CatalogEntry | None = None,
+        catalog: OwnedEntry | None = None,
     ) -> None:
         """Record an object, its (segment, share, block) list and a pin, atomically.
 
-        With `catalog`, the object is the cloud's instead: listed in the catalog and its blocks
-        held for the cloud (which may release them), in the same transaction.
+        With `catalog` (this node's own entry, signed into its log afterwards), the object is the
+        cloud's instead: listed in the catalog and its blocks held for the cloud (which may
+        release them), in the same transaction.
         """
         blocks = list(blocks)
         with self.transaction() as db:
@@ -252,7 +254,7 @@ class Index(HoldingTables, CloudTables, RecordTables):
                     "INSERT OR IGNORE INTO holds (object_id, block_id, provisional) VALUES (?, ?, ?)",
                     [(record.object_id, bid, catalog.n > 1) for _, _, bid in blocks],
                 )
-                insert_catalog(db, catalog)
+                put_entries(db, [catalog], logged=False)
 
     def _record(self, row: Any) -> ObjectRecord:
         oid, name, size, cls, added, key, local, total = row

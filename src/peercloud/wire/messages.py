@@ -196,16 +196,12 @@ class CloudDocWant(Message):
 
 
 @dataclass(frozen=True)
-class Catalog(Message):
-    """Gossip: an object of the cloud, its class and shape (so members can judge its health)."""
+class CatalogBatch(Message):
+    """Gossip: a member's newly signed batch of catalog entries (`cloud/catalog.py`); a receiver
+    that misses earlier batches of that log pulls them (`CatalogWant`)."""
 
-    TYPE: ClassVar[str] = "catalog"
-    object: bytes
-    cls: str
-    total: int
-    k: int
-    n: int
-    size: int
+    TYPE: ClassVar[str] = "catalog_batch"
+    batch: bytes
 
 
 @dataclass(frozen=True)
@@ -230,33 +226,33 @@ class HaveQuery(Message):
 
 
 @dataclass(frozen=True)
-class CatalogDigest(Message):
-    """Gossip: a summary of the sender's catalog (per bucket of object IDs: count and hash).
+class CatalogHeads(Message):
+    """Gossip: per author, the last batch of its catalog log the sender holds (40 bytes each).
 
-    A member whose catalog differs pulls the differing buckets (`CatalogWant`) from one peer.
+    A member that holds less of some log pulls the rest (`CatalogWant`) from that peer.
     """
 
-    TYPE: ClassVar[str] = "catalog_digest"
-    digest: bytes
+    TYPE: ClassVar[str] = "catalog_heads"
+    heads: bytes
 
 
 @dataclass(frozen=True)
 class CatalogWant(Message):
-    """Ask a member for its catalog entries in some buckets, after object ID `after`."""
+    """Ask a member for an author's catalog batches after batch `after`."""
 
     TYPE: ClassVar[str] = "catalog_want"
     id: int
-    buckets: bytes  # bitmap over the 256 buckets (the first byte of the object ID)
-    after: bytes = b""
+    author: bytes
+    after: int = 0
 
 
 @dataclass(frozen=True)
 class CatalogPage(Message):
-    """Answer to `CatalogWant`: packed entries in object ID order; `more` when the page is full."""
+    """Answer to `CatalogWant`: consecutive signed batches; `more` when the log goes on."""
 
     TYPE: ClassVar[str] = "catalog_page"
     id: int
-    entries: bytes
+    batches: tuple[bytes, ...] = ()
     more: bool = False
 
 
@@ -416,7 +412,7 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Punch: (PunchOk,),
 }
 RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Published, Found, Reserved, Circuit, PunchOk, Error)
-NOTICES = (Have, Haves, HaveQuery, CloudDoc, Catalog, CatalogDigest, Records, CircuitIncoming, PunchGo)
+NOTICES = (Have, Haves, HaveQuery, CloudDoc, CatalogBatch, CatalogHeads, Records, CircuitIncoming, PunchGo)
 Request = (
     GetBlock
     | Ping
@@ -433,7 +429,7 @@ Request = (
     | CircuitOpen
     | Punch
 )
-Notice = Have | Haves | HaveQuery | CloudDoc | Catalog | CatalogDigest | Records | CircuitIncoming | PunchGo
+Notice = Have | Haves | HaveQuery | CloudDoc | CatalogBatch | CatalogHeads | Records | CircuitIncoming | PunchGo
 MAX_RECORDS = 32  # records per Records message
 PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
@@ -527,7 +523,7 @@ def _validate(msg: Message) -> None:
     """Field rules beyond types: ID sizes, request ids, HAVE bitmap bounds."""
     if isinstance(msg, GetBlock | BlockData | Audit | Proof) and len(msg.block) != 32:
         raise ProtocolError(f"{msg.TYPE}: block IDs are 32 bytes")
-    if isinstance(msg, Place | Release | Catalog) and len(msg.object) != 32:
+    if isinstance(msg, Place | Release) and len(msg.object) != 32:
         raise ProtocolError(f"{msg.TYPE}: object IDs are 32 bytes")
     if isinstance(msg, Request) and msg.id == 0:
         raise ProtocolError(f"{msg.TYPE}: request id 0 is reserved for connection-level errors")
@@ -549,8 +545,8 @@ def _validate(msg: Message) -> None:
         raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1 to 2^62 - 1")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
-    if isinstance(msg, CatalogWant) and (len(msg.buckets) != 32 or len(msg.after) not in (0, 32)):
-        raise ProtocolError("catalog_want: buckets is a 32-byte bitmap, after an object ID or empty")
+    if isinstance(msg, CatalogWant) and (len(msg.author) != 32 or msg.after >= 1 << 62):
+        raise ProtocolError("catalog_want: an author is a 32-byte public key, after a batch number")
     if isinstance(msg, Have) and (
         len(msg.object) != 32 or len(msg.bitmap) > HAVE_PIECE or msg.offset + len(msg.bitmap) > MAX_HAVE_BITMAP
     ):

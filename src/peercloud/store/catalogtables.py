@@ -1,0 +1,264 @@
+"""Tables of the catalog: every member's signed log, the entries it makes, and the catalog itself.
+
+`catalog_log` keeps each author's batches verbatim (to hand to members catching up);
+`catalog_entries` the latest entry per (object, owner), with `logged = 0` for this node's own
+entries not yet in a signed batch (signed after the add's commit, again after a crash);
+`catalog` one row per object of the cloud, derived from its live entries: the strongest class
+among its owners' (`rank`), the shape, the earliest add. Entries are checked and ranked by the
+caller (`cloud/catalog.py`); every change here re-derives the rows of the objects it touched.
+"""
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from peercloud.store.db import Database, placeholders
+
+_CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
+PUT, REMOVE = 1, 2  # entry kinds, as in cloud/catalog.py
+# Version 7: signed catalog logs (cloud/catalog.py). Rows of the version 3 catalog stay as they
+# are, with no owner: an admin may delete them; members that join later never learn them.
+SCHEMA_V7 = """
+CREATE TABLE catalog_entries (
+    object_id BLOB NOT NULL,
+    owner BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    total_blocks INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL NOT NULL,
+    rank INTEGER NOT NULL,
+    logged INTEGER NOT NULL DEFAULT 1,
+    bad INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (object_id, owner)
+) WITHOUT ROWID;
+CREATE INDEX catalog_entries_unlogged ON catalog_entries(owner) WHERE logged = 0;
+CREATE TABLE catalog_log (
+    author BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    ops INTEGER NOT NULL,
+    batch BLOB NOT NULL,
+    PRIMARY KEY (author, seq)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """An object of the cloud: its class and shape, known to every member."""
+
+    object_id: bytes
+    storage_class: str
+    total_blocks: int
+    k: int
+    n: int
+    size: int
+    added_at: float
+
+
+@dataclass(frozen=True)
+class OwnedEntry:
+    """One owner's latest entry about an object, as a log made it (`cloud/catalog.py` Op)."""
+
+    object_id: bytes
+    owner: bytes
+    kind: int
+    storage_class: str
+    total_blocks: int
+    k: int
+    n: int
+    size: int
+    at: float
+    rank: int
+
+
+def _entry(r: Any) -> CatalogEntry:
+    return CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+
+
+def _owned(r: Any) -> OwnedEntry:
+    t, k, n, size = (int(x) for x in r[4:8])
+    return OwnedEntry(bytes(r[0]), bytes(r[1]), int(r[2]), str(r[3]), t, k, n, size, float(r[8]), int(r[9]))
+
+
+def put_entries(db: sqlite3.Connection, entries: Iterable[OwnedEntry], logged: bool) -> set[bytes]:
+    """Make these the owners' latest entries and re-derive their objects' rows, in the caller's
+    transaction; returns the objects touched."""
+    rows = [
+        (e.object_id, e.owner, e.kind, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.at, e.rank, logged)
+        for e in entries
+    ]
+    db.executemany(
+        """INSERT INTO catalog_entries (object_id, owner, kind, class, total_blocks, k, n, size, at, rank, logged)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (object_id, owner) DO UPDATE SET kind = excluded.kind, class = excluded.class,
+             total_blocks = excluded.total_blocks, k = excluded.k, n = excluded.n, size = excluded.size,
+             at = excluded.at, rank = excluded.rank, logged = excluded.logged, bad = 0""",
+        rows,
+    )
+    touched = {r[0] for r in rows}
+    derive(db, touched)
+    return touched
+
+
+def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> None:
+    """Re-derive the catalog rows of these objects from their live entries (in a transaction)."""
+    args = [(o,) for o in objects]
+    db.executemany("DELETE FROM catalog WHERE object_id = ?", args)
+    db.executemany(
+        f"""INSERT INTO catalog ({_CATALOG})
+            SELECT e.object_id, e.class, e.total_blocks, e.k, e.n, e.size,
+                   (SELECT MIN(at) FROM catalog_entries l
+                    WHERE l.object_id = e.object_id AND l.kind = {PUT} AND l.bad = 0)
+            FROM catalog_entries e WHERE e.object_id = ? AND e.kind = {PUT} AND e.bad = 0
+            ORDER BY e.rank DESC, e.at, e.owner LIMIT 1""",
+        args,
+    )
+
+
+class CatalogTables(Database):
+    """The catalog and the signed logs it is derived from."""
+
+    # -- the logs
+
+    def catalog_heads(self) -> dict[bytes, tuple[int, int]]:
+        """Per author: the last batch held and how many entries its log holds."""
+        rows = self._query("SELECT author, MAX(seq), SUM(ops) FROM catalog_log GROUP BY author")
+        return {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
+
+    def catalog_batches(self, author: bytes, after: int, max_bytes: int) -> list[bytes]:
+        """An author's batches after `after`, in order, at least one and then up to `max_bytes`."""
+        out: list[bytes] = []
+        size = 0
+        for (batch,) in self._query(
+            "SELECT batch FROM catalog_log WHERE author = ? AND seq > ? ORDER BY seq LIMIT 64", (author, after)
+        ):
+            if out and size + len(batch) > max_bytes:
+                break
+            out.append(bytes(batch))
+            size += len(batch)
+        return out
+
+    def append_batch(self, author: bytes, seq: int, batch: bytes, entries: list[OwnedEntry]) -> set[bytes]:
+        """Keep a member's checked batch and its entries, in one transaction; the objects touched.
+
+        Not waited on the disk: the author and every member that has it send it again.
+        """
+        with self.transaction(durable=False) as db:
+            db.execute(
+                "INSERT INTO catalog_log (author, seq, ops, batch) VALUES (?, ?, ?, ?)",
+                (author, seq, len(entries), batch),
+            )
+            return put_entries(db, entries, logged=True)
+
+    def unlogged(self, owner: bytes, limit: int) -> list[OwnedEntry]:
+        """This node's own entries still to sign into its log, oldest first."""
+        rows = self._query(
+            """SELECT object_id, owner, kind, class, total_blocks, k, n, size, at, rank FROM catalog_entries
+               WHERE owner = ? AND logged = 0 ORDER BY at LIMIT ?""",
+            (owner, limit),
+        )
+        return [_owned(r) for r in rows]
+
+    def log_own(self, owner: bytes, seq: int, batch: bytes, entries: list[OwnedEntry]) -> None:
+        """Our signed batch joins our log and its entries count as logged, in one synced
+        transaction (an entry changed since it was read stays unlogged, for the next batch)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO catalog_log (author, seq, ops, batch) VALUES (?, ?, ?, ?)",
+                (owner, seq, len(entries), batch),
+            )
+            db.executemany(
+                """UPDATE catalog_entries SET logged = 1
+                   WHERE object_id = ? AND owner = ? AND kind = ? AND class = ? AND at = ?""",
+                [(e.object_id, owner, e.kind, e.storage_class, e.at) for e in entries],
+            )
+
+    def put_own(self, entries: list[OwnedEntry]) -> set[bytes]:
+        """This node's own entries (a removal, a new class), to be signed into its log."""
+        with self.transaction() as db:
+            return put_entries(db, entries, logged=False)
+
+    def drop_author(self, author: bytes) -> set[bytes]:
+        """Forget a former member's log and entries; the objects whose rows changed."""
+        with self.transaction() as db:
+            touched = {
+                bytes(r[0]) for r in db.execute("SELECT object_id FROM catalog_entries WHERE owner = ?", (author,))
+            }
+            db.execute("DELETE FROM catalog_log WHERE author = ?", (author,))
+            db.execute("DELETE FROM catalog_entries WHERE owner = ?", (author,))
+            derive(db, touched)
+        return touched
+
+    def mark_bad(self, object_id: bytes, owners: Iterable[bytes]) -> None:
+        """Entries whose shape the object's manifest belies stop counting (here, for good)."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE catalog_entries SET bad = 1 WHERE object_id = ? AND owner = ?", [(object_id, o) for o in owners]
+            )
+            derive(db, [object_id])
+
+    def owned_entries(self, object_id: bytes) -> list[OwnedEntry]:
+        """Every owner's latest entry about an object that still counts."""
+        rows = self._query(
+            """SELECT object_id, owner, kind, class, total_blocks, k, n, size, at, rank FROM catalog_entries
+               WHERE object_id = ? AND bad = 0 ORDER BY owner""",
+            (object_id,),
+        )
+        return [_owned(r) for r in rows]
+
+    # -- the catalog derived from them
+
+    def local_only(self) -> list[bytes]:
+        """Objects pinned here that the catalog does not list: added before this node was in a cloud."""
+        rows = self._query(
+            "SELECT p.object_id FROM pins p WHERE NOT EXISTS (SELECT 1 FROM catalog c WHERE c.object_id = p.object_id)"
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def bring(self, entry: OwnedEntry) -> bool:
+        """Offer a pinned object to the cloud in one transaction: our entry for it, its blocks held
+        for the cloud (placement may move them, as after an add in the cloud), its pin gone.
+        False when the catalog already listed it."""
+        with self.transaction() as db:
+            if db.execute("SELECT 1 FROM catalog WHERE object_id = ?", (entry.object_id,)).fetchone():
+                return False
+            put_entries(db, [entry], logged=False)
+            db.execute(
+                """INSERT OR IGNORE INTO holds (object_id, block_id, provisional)
+                   SELECT object_id, block_id, ? FROM object_blocks WHERE object_id = ?""",
+                (entry.n > 1, entry.object_id),
+            )
+            db.execute("DELETE FROM pins WHERE object_id = ?", (entry.object_id,))
+        return True
+
+    def catalog(self, object_id: bytes | None = None) -> list[CatalogEntry]:
+        """Objects of the cloud (or one of them)."""
+        where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
+        return [_entry(r) for r in self._query(f"SELECT {_CATALOG} FROM catalog {where}", args)]
+
+    def catalog_after(self, after: bytes, limit: int) -> list[CatalogEntry]:
+        """Entries in object ID order after `after`: a page for paged scans."""
+        rows = self._query(
+            f"SELECT {_CATALOG} FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
+        )
+        return [_entry(r) for r in rows]
+
+    def catalog_ids_after(self, after: bytes, limit: int) -> list[bytes]:
+        """Object IDs of the catalog after `after`, in order: a sweep's cheap first look at a page."""
+        rows = self._query(
+            "SELECT object_id FROM catalog WHERE object_id > ? ORDER BY object_id LIMIT ?", (after, limit)
+        )
+        return [bytes(r[0]) for r in rows]
+
+    def catalog_of(self, object_ids: list[bytes]) -> list[CatalogEntry]:
+        """The entries of these objects (those the catalog has), in one query per 500."""
+        out = []
+        for start in range(0, len(object_ids), 500):
+            part = object_ids[start : start + 500]
+            rows = self._query(f"SELECT {_CATALOG} FROM catalog WHERE object_id IN ({placeholders(len(part))})", part)
+            out += [_entry(r) for r in rows]
+        return out

@@ -1,0 +1,174 @@
+"""Signed catalog logs: a batch is its author's alone, checked whole, and no member can plant,
+weaken or remove another owner's entry; convergent owners keep the strongest class."""
+
+import os
+import sqlite3
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peercloud.cloud import catalog
+from peercloud.cloud.catalog import PUT, REMOVE, Batch, Op
+from peercloud.cloud.classes import DEFAULT_CLASSES
+from peercloud.cloud.document import Invite
+from peercloud.errors import FormatError, RefusedError
+from peercloud.identity import Identity, PeerId
+from peercloud.net.link import PeerLink
+from peercloud.store.index import Index, OwnedEntry
+from peercloud.wire import messages as m
+
+from .daemons import Daemon, wait_for
+from .test_cloud import Raw, invite, make_cloud
+
+Start = Callable[..., Daemon]
+CLOUD = os.urandom(16)
+
+
+def put(oid: bytes, cls: str = "replica-3", size: int = 5000, at: float = 1000.0) -> Op:
+    return Op(PUT, oid, at, cls, 1, 1, 1, size)
+
+
+def test_a_batch_is_checked_whole_and_any_change_to_it_is_refused() -> None:
+    me = Identity.generate()
+    ops = [put(os.urandom(32)) for _ in range(catalog.MAX_OPS)]
+    data = Batch.sign(me, CLOUD, 1, 2000.0, ops).encode()
+    assert len(data) < 60_000  # a full batch fits one page
+    batch = Batch.decode(data)
+    assert batch.ops == tuple(ops) and batch.author == me.peer_id
+    batch.check(CLOUD, [me.peer_id], 0, 0, time.time())
+    for pos in (0, 20, 60, 80, 100, 150, 200, len(data) // 2, len(data) - 1):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x01
+        with pytest.raises(FormatError):
+            Batch.decode(bytes(flipped))
+    for bad in (data[:-1], data + b"\0", data[:100]):
+        with pytest.raises(FormatError):
+            Batch.decode(bad)
+    # Another key cannot sign in my name: swap the author field for mine in a batch it signed.
+    other = Identity.generate()
+    forged = bytearray(Batch.sign(other, CLOUD, 1, 2000.0, ops[:3]).encode())
+    forged[17:49] = me.peer_id.public_key
+    with pytest.raises(FormatError, match="forged"):
+        Batch.decode(bytes(forged))
+
+
+def test_a_batch_extends_only_a_members_own_log_in_order() -> None:
+    me, outsider = Identity.generate(), Identity.generate()
+    now = time.time()
+
+    def check(batch: Batch, head: int = 0, logged: int = 0, members: list[PeerId] | None = None) -> None:
+        Batch.decode(batch.encode()).check(CLOUD, members or [me.peer_id], head, logged, now)
+
+    one = Batch.sign(me, CLOUD, 1, now, [put(os.urandom(32))])
+    with pytest.raises(RefusedError, match="another cloud"):
+        Batch.decode(one.encode()).check(os.urandom(16), [me.peer_id], 0, 0, now)
+    with pytest.raises(RefusedError, match="not a member"):
+        check(Batch.sign(outsider, CLOUD, 1, now, [put(os.urandom(32))]))
+    with pytest.raises(RefusedError, match="does not follow"):
+        check(one, head=1)  # replayed
+    with pytest.raises(RefusedError, match="does not follow"):
+        check(Batch.sign(me, CLOUD, 3, now, [put(os.urandom(32))]), head=1)  # a gap
+    with pytest.raises(RefusedError, match="full"):
+        check(one, logged=catalog.MAX_LOG_OPS)
+    with pytest.raises(RefusedError, match="future"):
+        check(Batch.sign(me, CLOUD, 1, now, [put(os.urandom(32), at=now + 3 * 86400)]))
+    with pytest.raises(RefusedError, match="impossible"):
+        check(Batch.sign(me, CLOUD, 1, now, [Op(PUT, os.urandom(32), now, "replica-3", 3, 2, 1, 5000)]))
+    with pytest.raises(RefusedError, match="removal"):
+        check(Batch.sign(me, CLOUD, 1, now, [Op(REMOVE, os.urandom(32), now, "replica-3")]))
+    with pytest.raises(FormatError):
+        catalog.unpack_heads(b"\0" * 39, 10)
+    with pytest.raises(FormatError):
+        catalog.unpack_heads(os.urandom(32) + struct.pack(">Q", 0), 10)
+
+
+def test_owners_keep_their_own_entries_and_the_strongest_class_counts(tmp_path: Path) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    classes = DEFAULT_CLASSES
+    a, b, liar = (os.urandom(32) for _ in range(3))
+    oid = os.urandom(32)
+
+    def entry(owner: bytes, op: Op) -> OwnedEntry:
+        return catalog.owned(op, owner, classes)
+
+    index.put_own([entry(a, put(oid, "replica-2"))])
+    assert index.catalog(oid)[0].storage_class == "replica-2"
+    index.append_batch(b, 1, b"x", [entry(b, put(oid, "replica-3", at=1001.0))])  # convergent: same object
+    assert index.catalog(oid)[0].storage_class == "replica-3"
+    index.append_batch(liar, 1, b"y", [entry(liar, put(oid, "replica-1", at=1.0))])  # weaker: no effect
+    assert index.catalog(oid)[0].storage_class == "replica-3"
+    assert index.catalog(oid)[0].added_at == 1.0  # (the earliest add among owners)
+    index.append_batch(liar, 2, b"z", [entry(liar, Op(REMOVE, oid, 1002.0))])  # removes only its own
+    assert index.catalog(oid)[0].storage_class == "replica-3"
+    index.append_batch(b, 2, b"w", [entry(b, Op(REMOVE, oid, 1003.0))])
+    assert index.catalog(oid)[0].storage_class == "replica-2"  # a's entry remains
+    index.mark_bad(oid, [a])  # its manifest belied a's shape
+    assert index.catalog(oid) == []
+    assert index.drop_author(liar) == {oid}
+    index.close()
+
+
+def catalog_class(d: Daemon, oid: str) -> Any:
+    db = sqlite3.connect(d.home / "index.sqlite")
+    try:
+        row = db.execute("SELECT class FROM catalog WHERE object_id = ?", (bytes.fromhex(oid),)).fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()
+
+
+def log_heads(d: Daemon) -> dict[bytes, int]:
+    db = sqlite3.connect(d.home / "index.sqlite")
+    try:
+        return {bytes(a): s for a, s in db.execute("SELECT author, MAX(seq) FROM catalog_log GROUP BY author")}
+    finally:
+        db.close()
+
+
+def test_a_hostile_member_cannot_plant_weaken_or_remove_anothers_entry(
+    daemons: Start, make_file: Callable[..., Path]
+) -> None:
+    admin, owner = make_cloud(daemons, 2)
+    oid = owner.json("add", str(make_file(200_000, name="mine.bin")), "--class", "replica-2")["object_id"]
+    wait_for(lambda: catalog_class(admin, oid) == "replica-2", 20, "the entry to reach the admin")
+    raw = Raw()
+    try:
+        link = raw.connect(admin)
+        parsed = Invite.parse(invite(admin))
+        raw.call(link, lambda i: m.Join(i, parsed.cloud_id, parsed.secret, 10**9))
+        links = [link, raw.connect(owner)]
+        cloud = parsed.cloud_id
+        victim = bytes.fromhex(oid)
+        owner_key = PeerId.parse(owner.peer_id).public_key
+
+        def push(batch: Batch, to: list[PeerLink] = links) -> None:
+            for lk in to:
+                raw.notify(lk, m.CatalogBatch(batch.encode()))
+
+        # Its own entry for the victim's object, weaker, then its removal: the owner's stays.
+        weaker = Batch.sign(raw.identity, cloud, 1, time.time(), [put(victim, "replica-1", size=200_000, at=1.0)])
+        push(weaker)
+        wait_for(lambda: raw.identity.peer_id.public_key in log_heads(admin), 20, "the raw member's batch kept")
+        push(weaker)  # replayed: ignored
+        removal = Batch.sign(raw.identity, cloud, 2, time.time(), [Op(REMOVE, victim, time.time())])
+        push(removal)
+        wait_for(lambda: log_heads(owner).get(raw.identity.peer_id.public_key) == 2, 20, "both its batches")
+        for d in (admin, owner):
+            assert catalog_class(d, oid) == "replica-2"
+        # A batch in the owner's name, signed by another key: refused, and the link that carried it closes.
+        forged = bytearray(Batch.sign(raw.identity, cloud, 2, time.time(), [Op(REMOVE, victim, time.time())]).encode())
+        forged[17:49] = owner_key
+        raw.notify(links[0], m.CatalogBatch(bytes(forged)))
+        wait_for(lambda: links[0].closed.done(), 10, "the forger's link to close")
+        assert log_heads(admin)[owner_key] == 1 and catalog_class(admin, oid) == "replica-2"
+    finally:
+        raw.close()
+    # A member that joins later learns both logs by pulling them and derives the same catalog.
+    late = daemons("late")
+    late.cli("cloud", "join", invite(admin))
+    wait_for(lambda: log_heads(late) == log_heads(admin), 30, "the newcomer to pull every log")
+    assert catalog_class(late, oid) == "replica-2"
