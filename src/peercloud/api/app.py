@@ -259,8 +259,17 @@ def create_app(service: NodeService, token: str) -> FastAPI:
 
     @api.get("/v1/objects/{ref}/status")
     async def status(ref: str) -> dict[str, Any]:
-        """Who holds which blocks of the object, and its health against its class."""
+        """Who holds which blocks of the object, and its health against its class; for an object
+        this node deleted, the deletion report."""
+        report = service.deletion(ref)
+        if report is not None:
+            return {"object_id": report.object_id.hex(), "health": "deleted", "deletion": report.as_json()}
         return views.object_status(*await service.status(ref))
+
+    @api.delete("/v1/objects/{ref}")
+    async def delete(ref: str) -> dict[str, Any]:
+        """Delete an object of the cloud (as an owner or an admin): the deletion report."""
+        return (await service.delete(ref)).as_json()
 
     @api.get("/v1/status")
     async def summary() -> dict[str, Any]:

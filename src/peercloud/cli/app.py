@@ -310,6 +310,40 @@ def unpin(
         out.print(f"Unpinned {data['object_id'][:12]}: now {data['health']}, {data['complete_copies']} complete copies")
 
 
+@app.command("rm")
+def rm(
+    ctx: typer.Context,
+    obj: Annotated[str, typer.Argument(help="Object ID, prefix or cap.")],
+    json: JsonFlag = False,
+) -> None:
+    """Delete an object of the cloud (its owner or an admin): every holder is asked, and the report
+    says who deleted it, who is offline, who refused, who kept it and who is outside your control."""
+    with open_backend(node_home(ctx)) as backend:
+        data = backend.delete(obj)
+    if json:
+        print_json(data)
+    else:
+        _print_deletion(data)
+
+
+def _print_deletion(d: dict[str, Any]) -> None:
+    oid = d["object_id"][:12]
+    if d["other_owners"]:
+        out.print(f"Removed your entry of {oid}: {d['other_owners']} other owner(s) keep it in the cloud.")
+        return
+    lists = ("deleted", "pending", "refused", "kept", "outside_control")
+    out.print(f"Deleted {oid}: " + ", ".join(f"{len(d[k])} {k.replace('_', ' ')}" for k in lists))
+    notes = {
+        "pending": "offline: they delete it when they return",
+        "refused": "they keep a copy they pinned by hand",
+        "kept": "said deleted or said nothing, yet still prove blocks of it",
+        "outside_control": "not members: they announced or fetched it, and nobody can make them delete it",
+    }
+    for key in lists:
+        for peer in d[key]:
+            out.print(f"  {key.replace('_', ' '):<16} {peer}  [dim]{notes.get(key, '')}[/]")
+
+
 _HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "at risk": "red", "lost": "bold red"}
 
 
@@ -353,6 +387,9 @@ def _print_node(d: dict[str, Any]) -> None:
 
 
 def _print_object_status(d: dict[str, Any]) -> None:
+    if "deletion" in d:
+        _print_deletion(d["deletion"])
+        return
     total = d["total_blocks"]
     k, n = d["coding"]["k"], d["coding"]["n"]
     coding = "replicated blocks" if n == 1 else f"erasure code {k}-of-{n}"

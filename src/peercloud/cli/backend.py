@@ -51,6 +51,10 @@ class Backend(Protocol):
         """Drop this node's copy unless the class minimum needs it."""
         ...
 
+    def delete(self, ref: str) -> dict[str, Any]:
+        """Delete an object of the cloud: the deletion report."""
+        ...
+
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """Fetch, verify, decrypt to a file."""
         ...
@@ -119,6 +123,11 @@ class DaemonBackend:
     def unpin(self, cap: str) -> dict[str, Any]:
         """`unpin`."""
         result: dict[str, Any] = self.client.call("POST", "/v1/unpin", {"cap": cap})
+        return result
+
+    def delete(self, ref: str) -> dict[str, Any]:
+        """`rm`."""
+        result: dict[str, Any] = self.client.call("DELETE", f"/v1/objects/{ref}")
         return result
 
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:

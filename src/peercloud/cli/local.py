@@ -66,6 +66,10 @@ class LocalBackend:
         """Unpinning checks the live ledger."""
         raise DaemonNeededError(NEEDS_DAEMON)
 
+    def delete(self, ref: str) -> dict[str, Any]:
+        """A delete goes to the cloud's members."""
+        raise DaemonNeededError(NEEDS_DAEMON)
+
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """`get` from the local store only."""
         ref = self.node.resolve(cap)

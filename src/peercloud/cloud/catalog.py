@@ -6,7 +6,8 @@ covers up to MAX_OPS entries, so a newcomer checks 100,000 entries with 250 sign
 than 100,000. An entry is (object, owner): an owner's own `put` (class and shape) or `remove`;
 nobody writes an entry of another owner, so a member can neither plant entries in someone
 else's name nor weaken the class of their object. Several owners of one object (convergent
-adds) each keep their own entry; the object's class is the strongest of its live entries.
+adds) each keep their own entry; the object's class is the strongest of its live entries. An
+admin's `erase` ends every owner's entry made before it: the object is deleted outright.
 
 Pure functions, no I/O; `node/catalog.py` syncs the logs and `store/catalogtables.py` keeps them.
 """
@@ -21,6 +22,7 @@ from peercloud.content import merkle
 from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest
 from peercloud.errors import FormatError, RefusedError
 from peercloud.identity import PUBLIC_KEY_SIZE, Identity, PeerId
+from peercloud.store.catalogtables import ERASE as ERASE
 from peercloud.store.catalogtables import PUT as PUT
 from peercloud.store.catalogtables import REMOVE as REMOVE
 from peercloud.store.catalogtables import OwnedEntry
@@ -57,7 +59,8 @@ def manifest_problem(e: OwnedEntry, manifest: Manifest) -> str | None:
 
 @dataclass(frozen=True)
 class Op:
-    """One entry of an owner's log: `put` (the object is the owner's, with this class) or `remove`."""
+    """One entry of an owner's log: `put` (the object is the owner's, with this class), `remove`
+    (it is no longer), or an admin's `erase` (no entry made before it counts: deleted outright)."""
 
     kind: int
     object_id: bytes
@@ -79,7 +82,7 @@ class Op:
         """Why no owner could have made this entry, or None."""
         if not math.isfinite(self.at) or self.at < 0:
             return "entry time is not a time"
-        if self.kind == REMOVE:
+        if self.kind in (REMOVE, ERASE):
             ok = (self.storage_class, self.total_blocks, self.k, self.n, self.size) == ("", 0, 0, 0, 0)
             return None if ok else "a removal carries no class or shape"
         if self.kind != PUT:

@@ -53,6 +53,8 @@ class CatalogSync:
         # once members have their batch (then our HAVEs of them may go: never before the entry).
         self.on_changed: Callable[[set[bytes]], None] = lambda _: None
         self.on_logged: Callable[[list[bytes]], None] = lambda _: None
+        # Objects that left the catalog: by a delete (True), or with their only owner (False).
+        self.on_gone: Callable[[list[bytes], bool], None] = lambda _, __: None
         self.load()
 
     def load(self) -> None:
@@ -195,22 +197,32 @@ class CatalogSync:
             self._pull_soon(link, author)
         elif batch.seq == head + 1:
             try:
-                self.index.append_batch(author, batch.seq, data, self._entries(batch))
+                entries, erasures = self._entries(batch)
             except RefusedError as e:
                 log.info("catalog batch from %s refused: %s", _who(link), e)
                 return
+            touched = self.index.append_batch(author, batch.seq, data, entries, erasures)
             self._advance(author, batch.seq, len(batch.ops))
+            self._gone(touched)
             self._tell_heads()
 
-    def _entries(self, batch: catalog.Batch) -> list[OwnedEntry]:
-        """Check a decoded batch against our cloud: the entries to keep, or RefusedError."""
+    def _entries(self, batch: catalog.Batch) -> tuple[list[OwnedEntry], list[tuple[bytes, float]]]:
+        """Check a decoded batch against our cloud: the entries to keep and the erasures that
+        count (an admin's only; another member's erase ends nothing), or RefusedError."""
         doc = self.membership.doc
         if doc is None:
             raise RefusedError("not in a cloud")
         author = batch.author.public_key
         head, logged = self.heads.get(author, (0, 0))
         batch.check(doc.cloud_id, [x.peer_id for x in doc.members], head, logged, time.time())
-        return [catalog.owned(op, author, doc.class_map) for op in batch.ops]
+        erasures = [(op.object_id, op.at) for op in batch.ops if op.kind == catalog.ERASE]
+        entries = [catalog.owned(op, author, doc.class_map) for op in batch.ops]
+        return entries, erasures if doc.is_admin(batch.author) else []
+
+    def _gone(self, touched: set[bytes], deleted: bool = True) -> None:
+        gone = [o for o in touched if not self.index.catalog(o)]
+        if gone:
+            self.on_gone(gone, deleted)
 
     def _pull_soon(self, link: PeerLink, author: bytes) -> None:
         if author not in self._pulling:
@@ -231,8 +243,12 @@ class CatalogSync:
                     if batch.author.public_key != author:
                         raise FormatError("catalog page holds another author's batch")
                     # Pushes of this author wait for the pull (`_pulling`): nobody else moves its head.
-                    await asyncio.to_thread(self.index.append_batch, author, batch.seq, data, self._entries(batch))
+                    entries, erasures = self._entries(batch)
+                    touched = await asyncio.to_thread(
+                        self.index.append_batch, author, batch.seq, data, entries, erasures
+                    )
                     self._advance(author, batch.seq, len(batch.ops))
+                    self._gone(touched)
                     learned += 1
                 if not page.more or not page.batches:
                     break
@@ -277,6 +293,7 @@ class CatalogSync:
             touched = self.index.drop_author(author)
             del self.heads[author]
             self.on_changed(touched)
+            self._gone(touched, deleted=False)
             log.info("dropped the catalog log of former member %s (%d objects)", author.hex()[:12], len(touched))
 
     def _packed_heads(self) -> bytes:

@@ -21,6 +21,8 @@ _HEADER = """\
 # segment_size: plaintext bytes per segment of new objects.
 # default_class: storage class of `peercloud add` without --class.
 # workers: threads for hashing, encryption and disk I/O (0 = one per core, plus two).
+# keep_pins: refuse a member's delete of an object this node pinned by hand (it answers
+#   "refused", and the deleter's report says so); false: such pins are deleted too.
 # [connect] directories: PEERID@HOST:PORT of directory servers that introduce this node to
 #   peers it cannot find otherwise (a cloud invite fills this in on join).
 # [connect] relays: PEERID@HOST:PORT of relays that hold a reservation for this node, so peers
@@ -40,6 +42,7 @@ class Config:
     segment_size: int = 1024 * 1024
     default_class: str = DEFAULT_CLASS
     workers: int = 0
+    keep_pins: bool = False
     directories: tuple[str, ...] = ()
     relays: tuple[str, ...] = ()
     upnp: bool = True
@@ -53,6 +56,7 @@ class Config:
                 "segment_size": format_size(self.segment_size).replace(" ", ""),
                 "default_class": self.default_class,
                 "workers": self.workers,
+                "keep_pins": self.keep_pins,
             },
             "connect": {"directories": list(self.directories), "relays": list(self.relays), "upnp": self.upnp},
             "relay": {
@@ -96,7 +100,7 @@ def load_config(path: Path) -> Config:
         raise PeercloudError(f"config {path} is not valid TOML: {e}") from None
     unknown = (
         set(data) - {"store", "connect", "relay"}
-        | set(data.get("store", {})) - {"quota", "segment_size", "default_class", "workers"}
+        | set(data.get("store", {})) - {"quota", "segment_size", "default_class", "workers", "keep_pins"}
         | set(data.get("connect", {})) - {"directories", "relays", "upnp"}
         | set(data.get("relay", {})) - set(RelaySettings.__dataclass_fields__)
     )
@@ -112,6 +116,9 @@ def load_config(path: Path) -> Config:
     workers = store.get("workers", 0)
     if not isinstance(workers, int) or workers < 0:
         raise UsageError("config: store.workers must be a whole number >= 0")
+    keep_pins = store.get("keep_pins", default.keep_pins)
+    if not isinstance(keep_pins, bool):
+        raise UsageError("config: store.keep_pins must be true or false")
     upnp = data.get("connect", {}).get("upnp", default.upnp)
     if not isinstance(upnp, bool):
         raise UsageError("config: connect.upnp must be true or false")
@@ -120,6 +127,7 @@ def load_config(path: Path) -> Config:
         segment_size,
         default_class,
         workers,
+        keep_pins,
         _peers(data, "directories"),
         _peers(data, "relays"),
         upnp,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peercloud import __version__
+from peercloud.cloud.deletion import Report
 from peercloud.cloud.ledger import (
     ObjectStatus,
     indexes_from_bitmap,
@@ -27,6 +28,7 @@ from peercloud.net.link import Address, PeerLink, listen
 from peercloud.node import ingest, retrieve
 from peercloud.node.auditor import Auditor
 from peercloud.node.catalog import CatalogSync
+from peercloud.node.deletion import Deletions
 from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
@@ -113,7 +115,19 @@ class NodeService:
         self.catalog.on_changed = self.reconciler.dirty.update
         self.peers.on_claims = self.reconciler.dirty.update
         self.auditor.on_proved = self.reconciler.dirty.add
-        self._serve_blocks = block_server(node.store)
+        self.deletions = Deletions(
+            node.identity,
+            node.index,
+            node.store,
+            self.peers,
+            self.membership,
+            self.catalog,
+            self.manifest,
+            node.config.keep_pins,
+            lambda object_id: self._lock(object_id),
+        )
+        self.catalog.on_gone = self.deletions.on_gone
+        self._serve_blocks = block_server(node.store, self.deletions.on_served)
         self._locks: dict[bytes, asyncio.Lock] = {}
 
     async def start(self) -> None:
@@ -171,9 +185,11 @@ class NodeService:
             log.info("removed %d file(s) an interrupted write or delete left behind", removed)
 
     async def _prune(self) -> None:
-        """Drop claims of peers outside the cloud an hour after they were last connected."""
+        """Drop claims of peers outside the cloud an hour after they were last connected, and
+        old tombstones and answered deletes."""
         while True:
             await asyncio.sleep(PRUNE_EVERY)
+            await asyncio.to_thread(self.deletions.prune)
             doc = self.membership.doc
             keep = {x.peer_id.public_key for x in doc.members} if doc else set()
             keep |= {pid.public_key for pid in self.peers.links}
@@ -206,11 +222,14 @@ class NodeService:
             self.membership.on_gossip(link, msg)
         elif isinstance(msg, m.CatalogBatch | m.CatalogHeads):
             self.catalog.on_notice(link, msg)
+        elif isinstance(msg, m.DeleteReceipts):
+            self.deletions.on_notice(link, msg)
 
     def _on_link(self, link: PeerLink) -> None:
         self.network.on_link(link)
         self.membership.on_link(link)
         self.catalog.on_link(link)
+        self.deletions.on_link(link)
 
     def _announce(self, object_id: bytes) -> None:
         self.peers.announce(object_id)
@@ -367,6 +386,8 @@ class NodeService:
         if me is not None and store.used + need > me.offer:
             raise RefusedError(f"holding {len(shares)} share column(s) would exceed this member's offer")
         async with self._lock(object_id):
+            if not self.node.index.catalog(object_id):
+                return  # deleted while this pull waited
             blocks = [manifest.block(s, j) for s, j in wanted]
             self.node.index.hold(object_id, [*blocks, object_id])
             self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
@@ -470,6 +491,15 @@ class NodeService:
     def ledger(self, object_id: bytes) -> ObjectStatus:
         """The ledger's view of one object, with its class when the cloud knows it."""
         return ledger_view(self.node, object_id, set(self.peers.links), self.membership.doc)
+
+    async def delete(self, text: str) -> Report:
+        """`rm`: delete an object of the cloud with its holders' agreement (`node/deletion.py`)."""
+        return await self.deletions.delete(self.node.resolve(text).object_id)
+
+    def deletion(self, text: str) -> Report | None:
+        """The report of a delete this node issued, once the object left the catalog."""
+        object_id = self.node.resolve(text).object_id
+        return None if self.node.index.catalog(object_id) else self.deletions.report(object_id)
 
     async def status(self, text: str) -> tuple[ObjectStatus, ObjectRecord | None, str]:
         """The ledger's view of one object, for `status OBJ`, with the placement note. Any peer can

@@ -16,7 +16,7 @@ from typing import Any
 from peercloud.store.db import Database, placeholders
 
 _CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
-PUT, REMOVE = 1, 2  # entry kinds, as in cloud/catalog.py
+PUT, REMOVE, ERASE = 1, 2, 3  # entry kinds, as in cloud/catalog.py
 # Version 7: signed catalog logs (cloud/catalog.py). Rows of the version 3 catalog stay as they
 # are, with no owner: an admin may delete them; members that join later never learn them.
 SCHEMA_V7 = """
@@ -36,6 +36,10 @@ CREATE TABLE catalog_entries (
     PRIMARY KEY (object_id, owner)
 ) WITHOUT ROWID;
 CREATE INDEX catalog_entries_unlogged ON catalog_entries(owner) WHERE logged = 0;
+CREATE TABLE catalog_erasures (
+    object_id BLOB PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE catalog_log (
     author BLOB NOT NULL,
     seq INTEGER NOT NULL,
@@ -84,9 +88,17 @@ def _owned(r: Any) -> OwnedEntry:
     return OwnedEntry(bytes(r[0]), bytes(r[1]), int(r[2]), str(r[3]), t, k, n, size, float(r[8]), int(r[9]))
 
 
-def put_entries(db: sqlite3.Connection, entries: Iterable[OwnedEntry], logged: bool) -> set[bytes]:
-    """Make these the owners' latest entries and re-derive their objects' rows, in the caller's
-    transaction; returns the objects touched."""
+def put_entries(
+    db: sqlite3.Connection, entries: Iterable[OwnedEntry], logged: bool, erasures: Iterable[tuple[bytes, float]] = ()
+) -> set[bytes]:
+    """Make these the owners' latest entries, and these admins' erasures (object, time) count,
+    then re-derive their objects' rows, in the caller's transaction; returns the objects touched."""
+    erasures = list(erasures)
+    db.executemany(
+        """INSERT INTO catalog_erasures (object_id, at) VALUES (?, ?)
+           ON CONFLICT (object_id) DO UPDATE SET at = MAX(at, excluded.at)""",
+        erasures,
+    )
     rows = [
         (e.object_id, e.owner, e.kind, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.at, e.rank, logged)
         for e in entries
@@ -99,7 +111,7 @@ def put_entries(db: sqlite3.Connection, entries: Iterable[OwnedEntry], logged: b
              at = excluded.at, rank = excluded.rank, logged = excluded.logged, bad = 0""",
         rows,
     )
-    touched = {r[0] for r in rows}
+    touched = {r[0] for r in rows} | {o for o, _ in erasures}
     derive(db, touched)
     return touched
 
@@ -108,13 +120,14 @@ def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> None:
     """Re-derive the catalog rows of these objects from their live entries (in a transaction)."""
     args = [(o,) for o in objects]
     db.executemany("DELETE FROM catalog WHERE object_id = ?", args)
+    live = f"""kind = {PUT} AND bad = 0
+        AND at > COALESCE((SELECT x.at FROM catalog_erasures x WHERE x.object_id = ?1), -1)"""
     db.executemany(
         f"""INSERT INTO catalog ({_CATALOG})
-            SELECT e.object_id, e.class, e.total_blocks, e.k, e.n, e.size,
-                   (SELECT MIN(at) FROM catalog_entries l
-                    WHERE l.object_id = e.object_id AND l.kind = {PUT} AND l.bad = 0)
-            FROM catalog_entries e WHERE e.object_id = ? AND e.kind = {PUT} AND e.bad = 0
-            ORDER BY e.rank DESC, e.at, e.owner LIMIT 1""",
+            SELECT object_id, class, total_blocks, k, n, size,
+                   (SELECT MIN(at) FROM catalog_entries WHERE object_id = ?1 AND {live})
+            FROM catalog_entries WHERE object_id = ?1 AND {live}
+            ORDER BY rank DESC, at, owner LIMIT 1""",
         args,
     )
 
@@ -142,8 +155,16 @@ class CatalogTables(Database):
             size += len(batch)
         return out
 
-    def append_batch(self, author: bytes, seq: int, batch: bytes, entries: list[OwnedEntry]) -> set[bytes]:
-        """Keep a member's checked batch and its entries, in one transaction; the objects touched.
+    def append_batch(
+        self,
+        author: bytes,
+        seq: int,
+        batch: bytes,
+        entries: list[OwnedEntry],
+        erasures: Iterable[tuple[bytes, float]] = (),
+    ) -> set[bytes]:
+        """Keep a member's checked batch, its entries and (an admin's) erasures, in one
+        transaction; the objects touched.
 
         Not waited on the disk: the author and every member that has it send it again.
         """
@@ -152,7 +173,7 @@ class CatalogTables(Database):
                 "INSERT INTO catalog_log (author, seq, ops, batch) VALUES (?, ?, ?, ?)",
                 (author, seq, len(entries), batch),
             )
-            return put_entries(db, entries, logged=True)
+            return put_entries(db, entries, logged=True, erasures=erasures)
 
     def unlogged(self, owner: bytes, limit: int) -> list[OwnedEntry]:
         """This node's own entries still to sign into its log, oldest first."""
@@ -177,10 +198,10 @@ class CatalogTables(Database):
                 [(e.object_id, owner, e.kind, e.storage_class, e.at) for e in entries],
             )
 
-    def put_own(self, entries: list[OwnedEntry]) -> set[bytes]:
-        """This node's own entries (a removal, a new class), to be signed into its log."""
+    def put_own(self, entries: list[OwnedEntry], erasures: Iterable[tuple[bytes, float]] = ()) -> set[bytes]:
+        """This node's own entries (a removal, an erasure, a new class), to be signed into its log."""
         with self.transaction() as db:
-            return put_entries(db, entries, logged=False)
+            return put_entries(db, entries, logged=False, erasures=erasures)
 
     def drop_author(self, author: bytes) -> set[bytes]:
         """Forget a former member's log and entries; the objects whose rows changed."""

@@ -77,7 +77,15 @@ class CloudTables(Database):
     def leave_cloud(self) -> None:
         """Forget the cloud, its catalog and what was held for it, in one transaction."""
         with self.transaction() as db:
-            for table in ("cloud", "cloud_versions", "catalog", "catalog_entries", "catalog_log", "holds"):
+            for table in (
+                "cloud",
+                "cloud_versions",
+                "catalog",
+                "catalog_entries",
+                "catalog_log",
+                "catalog_erasures",
+                "holds",
+            ):
                 db.execute(f"DELETE FROM {table}")
 
     def hold(self, object_id: bytes, block_ids: Iterable[bytes], provisional: bool = False) -> None:

@@ -14,11 +14,12 @@ from typing import Any
 from peercloud.store.catalogtables import SCHEMA_V7, CatalogEntry, CatalogTables, OwnedEntry, put_entries
 from peercloud.store.cloudtables import SCHEMA_V6, CloudTables
 from peercloud.store.db import placeholders
+from peercloud.store.deletiontables import SCHEMA_V8, DeletionTables
 from peercloud.store.holdings import Claim, Holding, HoldingTables
 from peercloud.store.records import SCHEMA_V5, RecordTables
 
 __all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord", "OwnedEntry"]
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -162,12 +163,12 @@ _OBJECT_COLUMNS = """
 """
 
 
-class Index(HoldingTables, CatalogTables, CloudTables, RecordTables):
+class Index(HoldingTables, CatalogTables, DeletionTables, CloudTables, RecordTables):
     """The node's index: every table, each concern in its own module, over one connection."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7])
+        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8])
 
     # -- blocks
 
@@ -284,8 +285,14 @@ class Index(HoldingTables, CatalogTables, CloudTables, RecordTables):
         return self._record(rows[0]) if rows else None
 
     def find_objects(self, prefix: bytes) -> list[bytes]:
-        """Objects whose ID starts with `prefix` (users abbreviate IDs as with git)."""
-        rows = self._query("SELECT id FROM objects WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
+        """Objects whose ID starts with `prefix` (users abbreviate IDs as with git): those recorded
+        here, in the cloud's catalog, or deleted by this node."""
+        rows = self._query(
+            """SELECT id FROM objects WHERE substr(id, 1, ?1) = ?2
+               UNION SELECT object_id FROM catalog WHERE substr(object_id, 1, ?1) = ?2
+               UNION SELECT object_id FROM deletions WHERE substr(object_id, 1, ?1) = ?2""",
+            (len(prefix), prefix),
+        )
         return [bytes(r[0]) for r in rows]
 
     # -- pins

@@ -2,8 +2,10 @@
 
 import asyncio
 import weakref
+from collections.abc import Callable
 
 from peercloud.errors import IntegrityError, NotFoundError
+from peercloud.identity import PeerId
 from peercloud.net.link import PeerLink, RequestHandler
 from peercloud.store.blockstore import BlockStore
 from peercloud.wire import messages as m
@@ -11,8 +13,9 @@ from peercloud.wire import messages as m
 READS_PER_LINK = 8  # blocks read and queued per peer at once: bounds memory whatever peers ask
 
 
-def block_server(store: BlockStore) -> RequestHandler:
-    """A request handler serving verified blocks; a damaged local block is reported missing."""
+def block_server(store: BlockStore, served: Callable[[PeerId, bytes], None] = lambda _, __: None) -> RequestHandler:
+    """A request handler serving verified blocks; a damaged local block is reported missing.
+    `served` hears of each block handed out (a deleter tells who fetched an object's manifest)."""
     gates: weakref.WeakKeyDictionary[PeerLink, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     async def on_request(link: PeerLink, msg: m.Message) -> None:
@@ -26,5 +29,7 @@ def block_server(store: BlockStore) -> RequestHandler:
                 await link.answer(msg.id, m.Error(msg.id, "not_found", "block not held here"))
                 return
             await link.answer(msg.id, m.BlockData(msg.id, msg.block), data)
+            if link.peer_id is not None:
+                served(link.peer_id, msg.block)
 
     return on_request

@@ -226,6 +226,15 @@ class HaveQuery(Message):
 
 
 @dataclass(frozen=True)
+class DeleteReceipts(Message):
+    """Gossip: signed receipts (`formats.md`) of what the sender did with objects a member
+    deleted; sent when it acts, and again on every new link to a member while it keeps them."""
+
+    TYPE: ClassVar[str] = "delete_receipts"
+    receipts: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class CatalogHeads(Message):
     """Gossip: per author, the last batch of its catalog log the sender holds (40 bytes each).
 
@@ -412,7 +421,18 @@ REQUESTS: dict[type[Message], tuple[type[Message], ...]] = {
     Punch: (PunchOk,),
 }
 RESPONSES = (BlockData, Pong, Ok, Proof, CatalogPage, Published, Found, Reserved, Circuit, PunchOk, Error)
-NOTICES = (Have, Haves, HaveQuery, CloudDoc, CatalogBatch, CatalogHeads, Records, CircuitIncoming, PunchGo)
+NOTICES = (
+    Have,
+    Haves,
+    HaveQuery,
+    CloudDoc,
+    CatalogBatch,
+    CatalogHeads,
+    DeleteReceipts,
+    Records,
+    CircuitIncoming,
+    PunchGo,
+)
 Request = (
     GetBlock
     | Ping
@@ -429,7 +449,18 @@ Request = (
     | CircuitOpen
     | Punch
 )
-Notice = Have | Haves | HaveQuery | CloudDoc | CatalogBatch | CatalogHeads | Records | CircuitIncoming | PunchGo
+Notice = (
+    Have
+    | Haves
+    | HaveQuery
+    | CloudDoc
+    | CatalogBatch
+    | CatalogHeads
+    | DeleteReceipts
+    | Records
+    | CircuitIncoming
+    | PunchGo
+)
 MAX_RECORDS = 32  # records per Records message
 PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
@@ -543,6 +574,8 @@ def _validate(msg: Message) -> None:
         raise ProtocolError(f"hello: unknown path {msg.path[:20]!r}")
     if isinstance(msg, CloudDocWant) and (len(msg.cloud) != 16 or not 1 <= msg.seq < 2**62):
         raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1 to 2^62 - 1")
+    if isinstance(msg, DeleteReceipts) and any(len(r) != 154 for r in msg.receipts):
+        raise ProtocolError("delete_receipts: each receipt is 154 bytes")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
     if isinstance(msg, CatalogWant) and (len(msg.author) != 32 or msg.after >= 1 << 62):
