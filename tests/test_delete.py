@@ -14,6 +14,7 @@ from peercloud.cloud.catalog import Batch, Op
 from peercloud.cloud.document import Invite
 from peercloud.content import merkle
 from peercloud.content.manifest import Manifest
+from peercloud.identity import PeerId
 from peercloud.net.link import PeerLink
 from peercloud.wire import messages as m
 
@@ -84,10 +85,10 @@ def test_rm_reports_deleted_pending_refused_kept_and_outside_control(
     wait_for(lambda: health(admin, oid)["health"] == "healthy", 60, "placement")
     pinner.json("pin", cap)  # by hand, and pinner keeps its pins
     away.json("pin", cap)  # by hand too, but away does not keep pins from a delete
-    # An outsider (no member) fetches the object from the owner with its cap.
+    # An outsider (no member) pins the object from the owner with its verify cap.
     outsider = daemons("outsider")
     outsider.cli("peers", "add", owner.address)
-    outsider.cli("get", cap, "-o", str(tmp_path / "copy.bin"))
+    outsider.json("pin", added["verify_cap"])
     # A member that proves it holds every block, then will claim it deleted them.
     keeper = Keeper()
     try:
@@ -145,6 +146,22 @@ def test_rm_reports_deleted_pending_refused_kept_and_outside_control(
         assert "refused" in out and "outside control" in out
     finally:
         keeper.close()
+    # Every member restarted: nothing comes back (the owner's log holds the removal).
+    restarted = []
+    for d in (admin, owner, pinner, away):
+        port = d.port
+        assert d.stop() == 0
+        restarted.append(daemons(d.home.name, port))
+    for r in restarted:  # the four real members (the keeper is gone)
+        wait_for(lambda r=r: sum(x["online"] for x in r.json("cloud", "members")["members"]) == 4, 30, "members back")
+    time.sleep(2)
+    for name in ("p0", "p1", "p3"):
+        db = sqlite3.connect(tmp_path / name / "index.sqlite")
+        try:
+            assert db.execute("SELECT 1 FROM catalog WHERE object_id = ?", (bytes.fromhex(oid),)).fetchone() is None
+            assert db.execute("SELECT 1 FROM objects WHERE id = ?", (bytes.fromhex(oid),)).fetchone() is None
+        finally:
+            db.close()
 
 
 def test_an_admin_erases_outright_and_forged_or_unauthorized_deletes_change_nothing(
@@ -195,5 +212,16 @@ def test_an_admin_erases_outright_and_forged_or_unauthorized_deletes_change_noth
     for d in (admin, owner, other):
         wait_for(lambda d=d: a not in [o["object_id"] for o in d.json("ls")], 20, f"the object gone from {d.home.name}")
     assert health(owner, b)["health"] == "healthy"  # the other object is untouched
+
+    def owner_entry(d: Daemon) -> Any:
+        db = sqlite3.connect(d.home / "index.sqlite")
+        try:
+            key = bytes.fromhex(a), PeerId.parse(owner.peer_id).public_key
+            return db.execute("SELECT kind FROM catalog_entries WHERE object_id = ? AND owner = ?", key).fetchone()
+        finally:
+            db.close()
+
+    # The owner logs its own removal too, so the erase outlives the admin's log.
+    wait_for(lambda: all(owner_entry(d) == (catalog.REMOVE,) for d in (admin, owner, other)), 20, "owner's removal")
     again = admin.cli("rm", a, check=False)
     assert again.returncode != 0 and "deleted already" in again.stderr

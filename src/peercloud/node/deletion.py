@@ -154,9 +154,22 @@ class Deletions:
         their only owner left the cloud (stop keeping them for it)."""
         for object_id in objects:
             if deleted:
+                self._remove_own_entry(object_id)
                 self._spawn(self._delete_here(object_id))
             else:
                 self.index.release(object_id)
+
+    def _remove_own_entry(self, object_id: bytes) -> None:
+        """An admin erased an object we own: our log says so too, so the delete outlives the
+        admin's log (a removed admin's goes)."""
+        doc = self.membership.doc
+        own = [
+            e for e in self.index.owned_entries(object_id) if e.owner == self.me.public_key and e.kind == catalog.PUT
+        ]
+        if own and doc is not None:
+            op = catalog.Op(catalog.REMOVE, object_id, max(time.time(), own[0].at + 0.001))
+            self.index.put_own([catalog.owned(op, self.me.public_key, doc.class_map)])
+            self.catalog.flush_soon()
 
     async def _delete_here(self, object_id: bytes) -> None:
         async with self.lock(object_id):
