@@ -46,6 +46,7 @@ from peercloud.api.models import (
     JoinRequest,
     PeerRequest,
     PinRequest,
+    ReclassRequest,
     RoleRequest,
     UnpinRequest,
 )
@@ -266,6 +267,11 @@ def create_app(service: NodeService, token: str) -> FastAPI:
             return {"object_id": report.object_id.hex(), "health": "deleted", "deletion": report.as_json()}
         return views.object_status(*await service.status(ref))
 
+    @api.post("/v1/objects/{ref}/class")
+    async def reclass(ref: str, req: ReclassRequest) -> dict[str, Any]:
+        """Put an object this node owns under another class (re-placed, or made anew across codings)."""
+        return (await service.reclass(ref, req.cls)).as_json()
+
     @api.delete("/v1/objects/{ref}")
     async def delete(ref: str) -> dict[str, Any]:
         """Delete an object of the cloud (as an owner or an admin): the deletion report."""
@@ -353,12 +359,17 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         """Add a class to the cloud document (admins only)."""
         new = StorageClass(req.name, req.replicas, req.k, req.m, req.max, req.spread, req.grace)
         doc = service.membership.require_admin()
-        if new.name in doc.class_map:
-            raise UsageError(f"class {new.name!r} exists; remove it first to redefine it")
+        old = doc.class_map.get(new.name)
+        if old is not None and old.coding != new.coding and service.node.index.catalog_uses(new.name):
+            raise RefusedError(
+                f"class {new.name!r} is in use and its objects are coded {old.coding.k}-of-{old.coding.n}: a"
+                " redefinition keeps the coding (use `reclass` to move objects to a class of another coding)"
+            )
         problem = shortfall(new, list(doc.members))
         if problem and not req.force:
             raise RefusedError(f"{problem}: add --force to define it anyway (its objects stay degraded until then)")
-        service.membership.set_classes([*doc.classes, new])
+        # A redefinition replaces the class in place: its objects are re-placed under it.
+        service.membership.set_classes([new if c.name == new.name else c for c in doc.classes] + ([] if old else [new]))
         return await classes()
 
     @api.delete("/v1/classes/{name}")
@@ -367,7 +378,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         doc = service.membership.require_admin()
         if name not in doc.class_map:
             raise NotFoundError(f"no class {name!r} in this cloud")
-        users = sum(1 for e in service.node.index.catalog() if e.storage_class == name)
+        users = service.node.index.catalog_uses(name)
         if users:
             raise RefusedError(f"class {name!r} is used by {users} object(s); it cannot be removed")
         service.membership.set_classes(c for c in doc.classes if c.name != name)

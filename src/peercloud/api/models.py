@@ -34,6 +34,12 @@ class PeerRequest(BaseModel):
     peer: str
 
 
+class ReclassRequest(BaseModel):
+    """Put the object under the cloud's class `cls`."""
+
+    cls: str
+
+
 class UnpinRequest(BaseModel):
     """Drop this node's copy of the object named by `cap`."""
 

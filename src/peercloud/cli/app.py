@@ -326,6 +326,29 @@ def rm(
         _print_deletion(data)
 
 
+@app.command()
+def reclass(
+    ctx: typer.Context,
+    obj: Annotated[str, typer.Argument(help="Object ID, prefix or cap (the read cap when the coding changes).")],
+    cls: Annotated[str, typer.Argument(metavar="CLASS", help="A class of the cloud (`peercloud class ls`).")],
+    json: JsonFlag = False,
+) -> None:
+    """Put an object you own under another class: re-placed in place when the coding stays (replicas
+    to replicas, the same k+m); made anew as a new object, and the old one deleted, across codings."""
+    with open_backend(node_home(ctx)) as backend:
+        data = backend.reclass(obj, cls)
+    if json:
+        print_json(data)
+    elif data["new_object"]:
+        out.print(
+            f"{cls} codes blocks differently: made a new object {data['object_id']} (its read cap is in"
+            f" `peercloud info {data['object_id'][:12]}`) and deleted {data['replaced'][:12]}"
+        )
+        _print_deletion(data["deletion"])
+    else:
+        out.print(f"{data['object_id'][:12]} is now {data['class']}: placement follows")
+
+
 def _print_deletion(d: dict[str, Any]) -> None:
     oid = d["object_id"][:12]
     if d["other_owners"]:

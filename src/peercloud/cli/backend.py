@@ -55,6 +55,10 @@ class Backend(Protocol):
         """Delete an object of the cloud: the deletion report."""
         ...
 
+    def reclass(self, ref: str, class_name: str) -> dict[str, Any]:
+        """Put an object under another class."""
+        ...
+
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """Fetch, verify, decrypt to a file."""
         ...
@@ -128,6 +132,11 @@ class DaemonBackend:
     def delete(self, ref: str) -> dict[str, Any]:
         """`rm`."""
         result: dict[str, Any] = self.client.call("DELETE", f"/v1/objects/{ref}")
+        return result
+
+    def reclass(self, ref: str, class_name: str) -> dict[str, Any]:
+        """`reclass`."""
+        result: dict[str, Any] = self.client.call("POST", f"/v1/objects/{ref}/class", {"cls": class_name})
         return result
 
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class LocalBackend:
         """A delete goes to the cloud's members."""
         raise DaemonNeededError(NEEDS_DAEMON)
 
+    def reclass(self, ref: str, class_name: str) -> dict[str, Any]:
+        """A new class is the cloud's business."""
+        raise DaemonNeededError(NEEDS_DAEMON)
+
     def get(self, cap: str, output: Path | None, progress: Progress | None, force: bool) -> dict[str, Any]:
         """`get` from the local store only."""
         ref = self.node.resolve(cap)

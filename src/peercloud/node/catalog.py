@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from peercloud.cloud import catalog
+from peercloud.cloud.document import CloudDoc
 from peercloud.content.manifest import Manifest
 from peercloud.errors import FormatError, NotFoundError, RefusedError
 from peercloud.identity import Identity, PeerId
@@ -124,6 +125,23 @@ class CatalogSync:
             )
             self.index.mark_bad(manifest.object_id, bad)
             self.on_changed({manifest.object_id})
+
+    def on_doc(self, old: CloudDoc | None, new: CloudDoc) -> None:
+        """A new document version: departed members' logs go; redefined classes rank again
+        (their objects are re-placed under the new definition)."""
+        self._prune()
+        if old is not None and old.class_map != new.class_map:
+            ranks = {name: catalog.rank(cls) for name, cls in new.class_map.items()}
+            ranks |= {name: 0 for name in old.class_map if name not in new.class_map}
+            touched = self.index.rerank(ranks)
+            self.on_changed(
+                touched
+                | {
+                    e.object_id
+                    for e in self.index.catalog()
+                    if old.class_map.get(e.storage_class) != new.class_map.get(e.storage_class)
+                }
+            )
 
     # -- links and gossip
 

@@ -42,6 +42,7 @@ class Membership:
             index.set_cloud_chain([(self.signed.doc.seq, raw)])  # a home from before versions were kept
         self.chain = DocChain(identity.peer_id, index, lambda: self.signed, self.adopt, self.publish)
         self.on_left: Callable[[], None] = lambda: None  # after the cloud's tables were forgotten
+        self.on_doc: Callable[[CloudDoc | None, CloudDoc], None] = lambda _, __: None  # a new version in force
         self.directories: Callable[[], list[str]] = list  # ours, handed to joiners in invites
         self.relays: Callable[[], list[str]] = list  # likewise
         self.on_invite: Callable[[Invite], None] = lambda _: None  # use the invite's directories and relays
@@ -323,6 +324,7 @@ class Membership:
                     if not any(raw == gone.public_key for raw, _ in self.index.peers()):
                         stale.close("no longer a member of the cloud")
         self._connect(signed.doc.members)
+        self.on_doc(old, signed.doc)
 
     def _forget(self) -> None:
         doc = self.doc

@@ -34,6 +34,7 @@ from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
 from peercloud.node.membership import Membership
 from peercloud.node.network import Network
+from peercloud.node.reclass import Reclassed, reclass
 from peercloud.node.reconciler import Reconciler
 from peercloud.store.index import ObjectRecord
 from peercloud.swarm import fetch
@@ -113,6 +114,7 @@ class NodeService:
         self.auditor = Auditor(node.index, node.store, self.peers, self.manifest, self.membership.is_member)
         self.reconciler = Reconciler(self)
         self.catalog.on_changed = self.reconciler.dirty.update
+        self.membership.on_doc = self.catalog.on_doc
         self.peers.on_claims = self.reconciler.dirty.update
         self.auditor.on_proved = self.reconciler.dirty.add
         self.deletions = Deletions(
@@ -495,6 +497,14 @@ class NodeService:
     async def delete(self, text: str) -> Report:
         """`rm`: delete an object of the cloud with its holders' agreement (`node/deletion.py`)."""
         return await self.deletions.delete(self.node.resolve(text).object_id)
+
+    async def reclass(self, text: str, class_name: str) -> Reclassed:
+        """`reclass`: the object under another class of the cloud (`node/reclass.py`)."""
+        return await reclass(self, text, class_name)
+
+    def replan(self, object_id: bytes) -> None:
+        """Have placement look at the object in its next round."""
+        self.reconciler.dirty.add(object_id)
 
     def deletion(self, text: str) -> Report | None:
         """The report of a delete this node issued, once the object left the catalog."""

@@ -214,6 +214,20 @@ class CatalogTables(Database):
             derive(db, touched)
         return touched
 
+    def rerank(self, ranks: dict[str, int]) -> set[bytes]:
+        """Class definitions changed: rank their puts again and re-derive the objects touched."""
+        with self.transaction() as db:
+            touched: set[bytes] = set()
+            for name, rank in ranks.items():
+                rows = db.execute(
+                    f"SELECT object_id FROM catalog_entries WHERE class = ? AND kind = {PUT} AND rank != ?",
+                    (name, rank),
+                ).fetchall()
+                touched |= {bytes(r[0]) for r in rows}
+                db.execute(f"UPDATE catalog_entries SET rank = ? WHERE class = ? AND kind = {PUT}", (rank, name))
+            derive(db, touched)
+        return touched
+
     def mark_bad(self, object_id: bytes, owners: Iterable[bytes]) -> None:
         """Entries whose shape the object's manifest belies stop counting (here, for good)."""
         with self.transaction() as db:
@@ -260,6 +274,10 @@ class CatalogTables(Database):
         """Objects of the cloud (or one of them)."""
         where, args = ("WHERE object_id = ?", (object_id,)) if object_id is not None else ("ORDER BY added_at", ())
         return [_entry(r) for r in self._query(f"SELECT {_CATALOG} FROM catalog {where}", args)]
+
+    def catalog_uses(self, class_name: str) -> int:
+        """How many objects of the catalog are kept under a class."""
+        return int(self._query("SELECT COUNT(*) FROM catalog WHERE class = ?", (class_name,))[0][0])
 
     def catalog_after(self, after: bytes, limit: int) -> list[CatalogEntry]:
         """Entries in object ID order after `after`: a page for paged scans."""
