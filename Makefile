@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/add_get.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/repair.py
+	$(BIN)/python bench/delete.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/connect.py
