@@ -3,7 +3,9 @@
 0. Warm-up, untimed: a file larger than the indexes is written, fsynced and deleted.
 1. Four daemons form a cloud with the CLI (`cloud create`, `cloud invite`, `cloud join`), then
    stop. Each member's index is filled through `peercloud.store.index.Index` in big
-   transactions: 100,000 catalog entries (replica-3, one 4 KiB block each) on every member; on
+   transactions: 100,000 catalog entries (replica-3, one 4 KiB block each) on every member, as
+   the first member's signed log (250 batches of MAX_OPS entries, signed with its node key and
+   kept with `append_batch`, as a member that pulled them keeps them); on
    the three members that hold an object, its objects / object_blocks / blocks / holds rows
    (what `add_object(..., catalog=...)` writes, so `local_inventory` announces it); and on every
    member the other holders' claims, as proved by an audit (a settled cloud: no audit due for an
@@ -45,7 +47,9 @@ from pathlib import Path
 from typing import Any, cast
 
 from peercloud.cli.client import DaemonClient
+from peercloud.cloud import catalog
 from peercloud.cloud.classes import DEFAULT_CLASSES
+from peercloud.cloud.document import CloudDoc, SignedDoc
 from peercloud.content import cipher
 from peercloud.content.manifest import Manifest
 from peercloud.identity import Identity, PeerId
@@ -56,7 +60,7 @@ from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.local import LocalNode
 from peercloud.node.process import DaemonProcess, start_daemon
 from peercloud.node.service import NodeService
-from peercloud.store.index import CatalogEntry, Index
+from peercloud.store.index import Index
 from peercloud.wire import messages as m
 
 CLI = [sys.executable, "-m", "peercloud"]
@@ -188,7 +192,37 @@ def shapes() -> tuple[int, int]:
     return manifest.share_size(0), len(manifest.encode())
 
 
-def populate(home: Path, me: int, keys: list[bytes], world: World) -> int:
+def cloud_doc(index: Index) -> CloudDoc:
+    raw = index.cloud_doc()
+    if raw is None:
+        raise SystemExit("a member's index holds no cloud document")
+    return SignedDoc.decode(raw).doc
+
+
+CatalogLog = list[tuple[int, bytes, tuple[catalog.Op, ...]]]  # (seq, signed batch, its entries)
+
+
+def sign_catalog(home: Path, world: World) -> tuple[bytes, CatalogLog]:
+    """The catalog as one stopped member's log: batches of MAX_OPS entries signed with its node key.
+
+    Returns the author (its public key) and the batches in order.
+    """
+    identity = Identity.load(home / "node.key")
+    index = Index(home / "index.sqlite")
+    try:
+        cloud_id = cloud_doc(index).cloud_id
+    finally:
+        index.close()
+    now = time.time()
+    ops = [catalog.Op(catalog.PUT, oid, now, CLASS, 1, 1, 1, OBJECT_SIZE) for oid in world.ids]
+    log: CatalogLog = []
+    for seq, start in enumerate(range(0, len(ops), catalog.MAX_OPS), start=1):
+        batch = catalog.Batch.sign(identity, cloud_id, seq, now, ops[start : start + catalog.MAX_OPS])
+        log.append((seq, batch.encode(), batch.ops))
+    return identity.peer_id.public_key, log
+
+
+def populate(home: Path, me: int, keys: list[bytes], world: World, author: bytes, log: CatalogLog) -> int:
     """Fill one stopped member's index; returns how many objects its `local_inventory` announces."""
     block_size, manifest_size = shapes()
     now = time.time()
@@ -197,7 +231,9 @@ def populate(home: Path, me: int, keys: list[bytes], world: World) -> int:
     try:
         with index.transaction() as db:
             db.execute(f"PRAGMA cache_size={-CACHE_KIB}")  # this connection only: the daemon keeps its own
-        index.put_catalog_many(CatalogEntry(oid, CLASS, 1, 1, 1, OBJECT_SIZE, now) for oid in world.ids)
+        classes = cloud_doc(index).class_map
+        for seq, data, ops in log:  # the author's log, kept as a member that pulled it keeps it
+            index.append_batch(author, seq, data, [catalog.owned(op, author, classes) for op in ops])
         index.add_blocks(
             sorted(pair for i in mine for pair in ((world.blocks[i], block_size), (world.ids[i], manifest_size)))
         )
@@ -524,14 +560,16 @@ def main() -> None:
         print(f"cloud of {args.members} formed with the CLI in {time.monotonic() - t:.1f} s", flush=True)
 
         t = time.monotonic()
+        author, log = sign_catalog(nodes[0].home, world)
         with ProcessPoolExecutor(2) as pool:  # one index per process, two at a time (two cores)
-            jobs = [pool.submit(populate, d.home, i, keys, world) for i, d in enumerate(nodes)]
+            jobs = [pool.submit(populate, d.home, i, keys, world, author, log) for i, d in enumerate(nodes)]
             for i, (d, job) in enumerate(zip(nodes, jobs, strict=True)):
                 if (announced := job.result()) != world.held[i]:
                     raise SystemExit(f"{d.home.name}: local_inventory announces {announced}, not {world.held[i]}")
         sizes = [(d.home / "index.sqlite").stat().st_size / 2**20 for d in nodes]
         print(
             f"{n:,} objects written through Index in {time.monotonic() - t:.1f} s "
+            f"(catalog: {len(log)} batches signed by {nodes[0].home.name}) "
             f"({min(world.held):,}-{max(world.held):,} held per member, index {min(sizes):.0f}-{max(sizes):.0f} MiB); "
             "block files NOT written: catalog sync and HAVEs never read them, audits and placements of them fail",
             flush=True,
