@@ -96,9 +96,9 @@ def _unmount(mountpoint: Path, proc: subprocess.Popen[bytes]) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
-def cut_points(total: int, count: int, seed: int) -> list[int]:
-    """`count` distinct operation numbers in 1..total, reproducible from `seed`, in order."""
-    picks = random.Random(seed).sample(range(1, total + 1), min(count, total))
+def cut_points(total: int, count: int, seed: int, after: int = 0) -> list[int]:
+    """`count` distinct operation numbers in after+1..total, reproducible from `seed`, in order."""
+    picks = random.Random(seed).sample(range(after + 1, total + 1), min(count, max(0, total - after)))
     return sorted(picks)
 
 
@@ -131,12 +131,31 @@ def power_cuts(
     cuts: int,
     seed: int,
     torn: float = 0.0,
+    lead_in: Workload | None = None,
 ) -> list[Outcome]:
-    """Run `workload` once whole and once per cut point; after each, remount and `check` what is left."""
+    """Run `workload` once whole and once per cut point; after each, remount and `check` what is left.
+
+    `lead_in` is the workload up to the moment under test (its processes killed there, so they
+    make no more operations): run once first, it counts the operations before that moment, and
+    the cut points are picked among those after it.
+    """
+    first = _lead_in(pristine, work, lead_in) if lead_in is not None else 0
     outcomes = [_one(pristine, work, workload, check, 0, seed, torn)]  # whole: it counts the operations
-    for cut_at in cut_points(outcomes[0].ops, cuts, seed):
+    total = outcomes[0].ops
+    for cut_at in cut_points(total, cuts, seed, after=min(first, max(0, total - cuts))):
         outcomes.append(_one(pristine, work, workload, check, cut_at, seed + cut_at, torn))
     return outcomes
+
+
+def _lead_in(pristine: Path, work: Path, lead_in: Workload) -> int:
+    backing, mountpoint = work / "backing", work / "mnt"
+    shutil.rmtree(backing, ignore_errors=True)
+    shutil.copytree(pristine, backing, symlinks=True)
+    with mounted(backing, mountpoint) as mnt:
+        assert lead_in(mnt), "the lead-in did not reach the moment under test"
+    ops = stats(mountpoint).ops
+    print(f"{ops} operations before the moment under test: the cuts come after")
+    return ops
 
 
 def _one(pristine: Path, work: Path, workload: Workload, check: Check, cut_at: int, seed: int, torn: float) -> Outcome:

@@ -12,6 +12,7 @@ that still proves a block kept the data. `report` sorts the holders by all of th
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -68,6 +69,7 @@ class Deletions:
         self.served: dict[bytes, set[PeerId]] = {}  # object -> outsiders that fetched its manifest here
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered = asyncio.Event()
+        self._resumed = False  # deletes a crash interrupted are finished at the first member link
 
     # -- issuing a delete
 
@@ -180,21 +182,38 @@ class Deletions:
         had = self.index.get_object(object_id) is not None or self.store.has(object_id)
         if doc is None or self.index.catalog(object_id) or not had:
             return  # added again meanwhile, or nothing of it here
+        key = self.me.public_key
         if self.keep_pins and self.index.is_pinned(object_id):
             self.index.release(object_id)
-            status = deletion.REFUSED
+            receipt = deletion.Receipt.sign(self.identity, doc.cloud_id, object_id, deletion.REFUSED, time.time())
+            self.index.add_tombstone(object_id, key, receipt.at, receipt.status, receipt.encode())
             log.warning("kept %s: a member deleted it, and this node keeps what it pinned", object_id.hex()[:12])
         else:
-            blocks = self.index.forget_object(object_id)
-            await asyncio.to_thread(self.store.delete, [*blocks, object_id], self.index.kept)
-            status = deletion.DELETED
-            log.info("deleted %s (%d blocks) as a member asked", object_id.hex()[:12], len(blocks))
-        receipt = deletion.Receipt.sign(self.identity, doc.cloud_id, object_id, status, time.time())
-        self.index.add_tombstone(object_id, receipt.at, status, receipt.encode())
-        self._take(receipt)
+            # The tombstone is kept with the record's end, before the blocks go: after a cut
+            # between the two, `resume` finds the blocks by the manifest and deletes them.
+            receipt = deletion.Receipt.sign(self.identity, doc.cloud_id, object_id, deletion.DELETED, time.time())
+            blocks = self.index.forget_object(object_id, key, receipt.at, receipt.encode())
+            gone = await asyncio.to_thread(self._drop_blocks, object_id, blocks)
+            log.info("deleted %s (%d blocks) as a member asked", object_id.hex()[:12], len(gone))
+        self._answered.set()  # our own receipt is kept with the tombstone
         notice = m.DeleteReceipts((receipt.encode(),))
         for link in self._member_links():
             link.notify(notice)
+
+    def _drop_blocks(self, object_id: bytes, blocks: list[bytes]) -> list[bytes]:
+        """Delete a forgotten object's blocks that nothing else keeps: those its record listed and
+        those its manifest names while it is still stored (its record may be gone already)."""
+        with contextlib.suppress(PeercloudError):  # not stored, or damaged: the record's list is all
+            blocks = [*blocks, *(bid for _, _, bid in Manifest.decode(self.store.get(object_id)).blocks())]
+        return self.store.delete([*blocks, object_id], self.index.kept)
+
+    def resume(self) -> None:
+        """Finish the deletes a crash interrupted here: a removal the catalog kept whose blocks,
+        record or tombstone did not follow (no later batch would bring it again)."""
+        unfinished = self.index.unfinished_deletions()
+        if unfinished:
+            log.info("finishing %d delete(s) a crash interrupted", len(unfinished))
+            self.on_gone(unfinished, deleted=True)
 
     # -- receipts and audits
 
@@ -202,6 +221,9 @@ class Deletions:
         """A member connected: hand it our receipts; challenge it if it held what we deleted."""
         if not self.membership.is_member(link.peer_id):
             return
+        if not self._resumed:
+            self._resumed = True
+            self.resume()
         receipts = self.index.tombstone_receipts()
         for start in range(0, len(receipts), 64):
             link.notify(m.DeleteReceipts(tuple(receipts[start : start + 64])))

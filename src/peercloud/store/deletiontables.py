@@ -1,9 +1,13 @@
 """Tables of deletion: this node's receipts for objects it deleted, and the deletes it issued
 with the holders' receipts and audit verdicts (`cloud/deletion.py`)."""
 
+import sqlite3
 from typing import Any
 
+from peercloud.store.catalogtables import PUT
 from peercloud.store.db import Database
+
+DELETED = 1  # a tombstone's status when the blocks went, as in cloud/deletion.py
 
 # Version 8: deletion. `tombstones`: objects this node deleted (or refused to) on a member's
 # delete, with its signed receipt, sent again to members that connect. `deletions`: deletes this
@@ -39,12 +43,27 @@ def _keys(blob: bytes) -> list[bytes]:
     return [blob[i : i + 32] for i in range(0, len(blob), 32)]
 
 
+def _tombstone(db: sqlite3.Connection, object_id: bytes, holder: bytes, at: float, status: int, receipt: bytes) -> None:
+    """Keep a tombstone, and this node's receipt with the delete if it issued it (in a transaction)."""
+    db.execute(
+        "INSERT OR REPLACE INTO tombstones (object_id, at, status, receipt) VALUES (?, ?, ?, ?)",
+        (object_id, at, status, receipt),
+    )
+    if db.execute("SELECT 1 FROM deletions WHERE object_id = ?", (object_id,)).fetchone():
+        db.execute(
+            "INSERT OR IGNORE INTO delete_receipts (object_id, peer, status, receipt) VALUES (?, ?, ?, ?)",
+            (object_id, holder, status, receipt),
+        )
+
+
 class DeletionTables(Database):
     """Tombstones, issued deletes and their receipts."""
 
-    def forget_object(self, object_id: bytes) -> list[bytes]:
-        """Drop an object's record, pin and holds in one transaction; its blocks (for the caller
-        to delete those nothing else keeps)."""
+    def forget_object(self, object_id: bytes, holder: bytes, at: float, receipt: bytes) -> list[bytes]:
+        """Drop an object's record, pin and holds, and keep the tombstone of its deletion with this
+        node's receipt (`holder` is our key), in one synced transaction; its blocks (for the caller
+        to delete those nothing else keeps). A cut before they are gone leaves the tombstone and the
+        manifest's row: `unfinished_deletions` names the object again."""
         with self.transaction() as db:
             blocks = [
                 bytes(r[0]) for r in db.execute("SELECT block_id FROM object_blocks WHERE object_id = ?", (object_id,))
@@ -56,15 +75,33 @@ class DeletionTables(Database):
                 ("objects", "id"),
             ):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (object_id,))
+            _tombstone(db, object_id, holder, at, DELETED, receipt)
         return blocks
 
-    def add_tombstone(self, object_id: bytes, at: float, status: int, receipt: bytes) -> None:
+    def add_tombstone(self, object_id: bytes, holder: bytes, at: float, status: int, receipt: bytes) -> None:
         """Remember what this node did with a deleted object, and its receipt (synced)."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO tombstones (object_id, at, status, receipt) VALUES (?, ?, ?, ?)",
-                (object_id, at, status, receipt),
-            )
+            _tombstone(db, object_id, holder, at, status, receipt)
+
+    def unfinished_deletions(self) -> list[bytes]:
+        """Objects a delete took out of the catalog (a removal or an erasure, not an owner's
+        departure) that a crash kept this node from finishing: still recorded or stored here with
+        no tombstone, or with a tombstone of their deletion (no record) while the manifest's block
+        row is still there. An object recorded again after its tombstone (a get) is left alone."""
+        rows = self._query(
+            f"""SELECT d.object_id FROM (
+                    SELECT object_id FROM catalog_entries WHERE kind != {PUT}
+                    UNION SELECT object_id FROM catalog_erasures) d
+                WHERE NOT EXISTS (SELECT 1 FROM catalog c WHERE c.object_id = d.object_id)
+                  AND CASE WHEN EXISTS (SELECT 1 FROM tombstones t WHERE t.object_id = d.object_id)
+                      THEN EXISTS (SELECT 1 FROM tombstones t WHERE t.object_id = d.object_id AND t.status = {DELETED})
+                           AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.id = d.object_id)
+                           AND EXISTS (SELECT 1 FROM blocks b WHERE b.id = d.object_id)
+                      ELSE EXISTS (SELECT 1 FROM objects o WHERE o.id = d.object_id)
+                           OR EXISTS (SELECT 1 FROM blocks b WHERE b.id = d.object_id)
+                      END"""
+        )
+        return [bytes(r[0]) for r in rows]
 
     def tombstone_receipts(self) -> list[bytes]:
         """Every receipt this node still hands to members that connect."""
