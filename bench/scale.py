@@ -216,9 +216,11 @@ def sign_catalog(home: Path, world: World) -> tuple[bytes, CatalogLog]:
     now = time.time()
     ops = [catalog.Op(catalog.PUT, oid, now, CLASS, 1, 1, 1, OBJECT_SIZE) for oid in world.ids]
     log: CatalogLog = []
+    prev = catalog.NO_PREV
     for seq, start in enumerate(range(0, len(ops), catalog.MAX_OPS), start=1):
-        batch = catalog.Batch.sign(identity, cloud_id, seq, now, ops[start : start + catalog.MAX_OPS])
+        batch = catalog.Batch.sign(identity, cloud_id, seq, prev, now, ops[start : start + catalog.MAX_OPS])
         log.append((seq, batch.encode(), batch.ops))
+        prev = catalog.digest(log[-1][1])
     return identity.peer_id.public_key, log
 
 

@@ -123,7 +123,7 @@ def test_rm_reports_deleted_pending_refused_kept_and_outside_control(
         report = owner.json("rm", oid)
         lie()
         assert report["object_id"] == oid
-        assert owner.peer_id in report["deleted"] and pinner.peer_id in report["refused"]
+        assert owner.peer_id in report["deleted"] and pinner.peer_id in report["refused"], report
         assert away.peer_id in report["pending"]
         assert outsider.peer_id in report["outside_control"]
         wait_for(lambda: kid in owner.json("status", oid)["deletion"]["kept"], 20, "the keeper shown as keeping it")
@@ -180,7 +180,12 @@ def test_an_admin_erases_outright_and_forged_or_unauthorized_deletes_change_noth
         links = [link, raw.connect(owner), raw.connect(other)]
         # A member that is no admin signs an erase into its own log: kept, and it ends nothing.
         erase = Batch.sign(
-            raw.identity, inv.cloud_id, 1, time.time(), [Op(catalog.ERASE, bytes.fromhex(a), time.time())]
+            raw.identity,
+            inv.cloud_id,
+            1,
+            catalog.NO_PREV,
+            time.time(),
+            [Op(catalog.ERASE, bytes.fromhex(a), time.time())],
         )
         for lk in links:
             raw.notify(lk, m.CatalogBatch(erase.encode()))
@@ -194,23 +199,29 @@ def test_an_admin_erases_outright_and_forged_or_unauthorized_deletes_change_noth
                 db.close()
 
         wait_for(lambda: all(raw_head(d) == 1 for d in (admin, owner, other)), 20, "the raw member's batch kept")
-        # A forged receipt closes the link that carried it; a receipt for another holder is ignored.
-        forged = bytearray(deletion.Receipt.sign(raw.identity, inv.cloud_id, bytes.fromhex(a), 1, time.time()).encode())
-        forged[-1] ^= 1
-        raw.notify(links[1], m.DeleteReceipts((bytes(forged),)))
-        wait_for(lambda: links[1].closed.done(), 10, "the forger's link to close")
         for d in (admin, owner, other):
             assert health(d, a)["health"] == "healthy" and "deletion" not in health(d, a)
+        # A member deletes nothing it does not own; an admin erases outright, on every holder.
+        refused = other.cli("rm", a, check=False)
+        assert refused.returncode == 7 and "not yours" in refused.stderr
+        report = admin.json("rm", a)
+        holders = set(report["deleted"]) | set(report["pending"])
+        assert report["pending"] == [] and owner.peer_id in holders and len(holders) >= 2
+        for d in (admin, owner, other):
+            wait_for(lambda d=d: a not in [o["object_id"] for o in d.json("ls")], 20, f"{d.home.name} to drop it")
+        # Receipts in someone else's name are not read; a forged one of its own closes the link.
+        kid = raw.identity.peer_id
+        stolen = deletion.Receipt.sign(raw.identity, inv.cloud_id, bytes.fromhex(a), deletion.DELETED, time.time())
+        other_name = bytearray(stolen.encode())
+        other_name[49:81] = PeerId.parse(other.peer_id).public_key
+        raw.notify(links[0], m.DeleteReceipts((bytes(other_name),)))
+        forged = bytearray(stolen.encode())
+        forged[-1] ^= 1
+        raw.notify(links[0], m.DeleteReceipts((bytes(forged),)))
+        wait_for(lambda: links[0].closed.done(), 10, "the forger's link to close")
+        assert str(kid) not in admin.json("status", a)["deletion"]["deleted"]
     finally:
         raw.close()
-    # A member deletes nothing it does not own; an admin erases outright, on every holder.
-    refused = other.cli("rm", a, check=False)
-    assert refused.returncode == 7 and "not yours" in refused.stderr
-    report = admin.json("rm", a)
-    holders = set(report["deleted"]) | set(report["pending"])
-    assert report["pending"] == [] and owner.peer_id in holders and len(holders) >= 2
-    for d in (admin, owner, other):
-        wait_for(lambda d=d: a not in [o["object_id"] for o in d.json("ls")], 20, f"the object gone from {d.home.name}")
     assert health(owner, b)["health"] == "healthy"  # the other object is untouched
 
     def owner_entry(d: Daemon) -> Any:

@@ -17,11 +17,13 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import blake3
+
 from peercloud.cloud.classes import StorageClass
 from peercloud.content import merkle
 from peercloud.content.manifest import MAX_MANIFEST_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Manifest
 from peercloud.errors import FormatError, RefusedError
-from peercloud.identity import PUBLIC_KEY_SIZE, Identity, PeerId
+from peercloud.identity import Identity, PeerId
 from peercloud.store.catalogtables import ERASE as ERASE
 from peercloud.store.catalogtables import PUT as PUT
 from peercloud.store.catalogtables import REMOVE as REMOVE
@@ -30,10 +32,11 @@ from peercloud.store.catalogtables import OwnedEntry
 MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
 MAX_OPS = 400  # entries per batch: a batch fits one 60 KB page with room to spare
 MAX_LOG_OPS = 1_000_000  # entries one member's log may hold: 10x a large library, and a bound
-FUTURE_SLACK = 86400.0  # an entry dated further ahead than this is refused (it would outlive deletes)
+FUTURE_SLACK = 600.0  # an entry dated further ahead than this is refused (it would outlive deletes)
+NO_PREV = bytes(32)  # the `prev` of an author's first batch
 MAX_CLASS_NAME = 32
 _SIGN_CONTEXT = b"peercloud catalog batch v1\x00"
-_HEADER = struct.Struct(">B16s32sQdI32s")  # version, cloud, author, seq, time, count, root
+_HEADER = struct.Struct(">B16s32sQ32sdI32s")  # version, cloud, author, seq, prev, time, count, root
 _SIGNATURE = 64
 _OP = struct.Struct(">B32sdIHHQB")  # kind, object, time, total blocks, k, n, size, class length
 VERSION = 1
@@ -92,32 +95,49 @@ class Op:
         return shape_problem(self.total_blocks, self.k, self.n, self.size)
 
 
+def digest(data: bytes) -> bytes:
+    """A batch's hash as the next batch of its log names it (`prev`) and heads carry it."""
+    return blake3.blake3(data).digest()
+
+
+def peek(data: bytes) -> tuple[bytes, int]:
+    """(author, seq) of a batch, read before anything is verified: a replay or a batch a pull
+    will bring anyway is dropped without the cost of its checks."""
+    if len(data) < _HEADER.size:
+        raise FormatError("catalog batch: truncated header")
+    _, _, author, seq, *_ = _HEADER.unpack_from(data)
+    return author, seq
+
+
 @dataclass(frozen=True)
 class Batch:
-    """A signed run of one author's log: entries `seq`'s of them, in the order they were made."""
+    """A signed run of one author's log: entries `seq`'s of them, in the order they were made,
+    chained to the batch before (`prev`), so an author cannot tell two halves of the cloud two
+    different stories under one number without it showing."""
 
     cloud_id: bytes
     author: PeerId
     seq: int
+    prev: bytes
     at: float
     ops: tuple[Op, ...]
     root: bytes
     signature: bytes
 
     @classmethod
-    def sign(cls, identity: Identity, cloud_id: bytes, seq: int, at: float, ops: Iterable[Op]) -> "Batch":
+    def sign(cls, identity: Identity, cloud_id: bytes, seq: int, prev: bytes, at: float, ops: Iterable[Op]) -> "Batch":
         """Sign the next batch of this node's own log."""
         ops = tuple(ops)
         if not 1 <= len(ops) <= MAX_OPS:
             raise ValueError(f"a batch holds 1..{MAX_OPS} entries")
         root = merkle.tree_root([op.encode() for op in ops])
-        header = _HEADER.pack(VERSION, cloud_id, identity.peer_id.public_key, seq, at, len(ops), root)
-        return cls(cloud_id, identity.peer_id, seq, at, ops, root, identity.sign(_SIGN_CONTEXT + header))
+        header = _HEADER.pack(VERSION, cloud_id, identity.peer_id.public_key, seq, prev, at, len(ops), root)
+        return cls(cloud_id, identity.peer_id, seq, prev, at, ops, root, identity.sign(_SIGN_CONTEXT + header))
 
     def encode(self) -> bytes:
         """The batch as it is stored and travels."""
         header = _HEADER.pack(
-            VERSION, self.cloud_id, self.author.public_key, self.seq, self.at, len(self.ops), self.root
+            VERSION, self.cloud_id, self.author.public_key, self.seq, self.prev, self.at, len(self.ops), self.root
         )
         return header + self.signature + b"".join(op.encode() for op in self.ops)
 
@@ -127,7 +147,7 @@ class Batch:
         right to write: that is `check`'s, against the cloud document)."""
         if len(data) < _HEADER.size + _SIGNATURE:
             raise FormatError("catalog batch: truncated header")
-        version, cloud, author, seq, at, count, root = _HEADER.unpack_from(data)
+        version, cloud, author, seq, prev, at, count, root = _HEADER.unpack_from(data)
         if version != VERSION or not 1 <= count <= MAX_OPS or not 1 <= seq < 1 << 62 or not math.isfinite(at):
             raise FormatError("catalog batch: malformed header")
         signature = data[_HEADER.size : _HEADER.size + _SIGNATURE]
@@ -153,17 +173,25 @@ class Batch:
         peer = PeerId(author)
         if not peer.verify(signature, _SIGN_CONTEXT + data[: _HEADER.size]):
             raise FormatError("catalog batch signature does not match: it was forged or altered")
-        return cls(cloud, peer, seq, at, tuple(ops), root, signature)
+        return cls(cloud, peer, seq, prev, at, tuple(ops), root, signature)
 
-    def check(self, cloud_id: bytes, members: Iterable[PeerId], head: int, logged: int, now: float) -> None:
+    def check(
+        self, cloud_id: bytes, members: Iterable[PeerId], head: int, head_digest: bytes, logged: int, now: float
+    ) -> None:
         """RefusedError unless this batch may extend its author's log here: the author is a member
-        of our cloud, the batch is the next of its log, within the cap, and every entry possible."""
+        of our cloud, the batch is the next of its log and names the one we hold before it,
+        within the cap, and every entry possible."""
         if self.cloud_id != cloud_id:
             raise RefusedError("catalog batch belongs to another cloud")
         if self.author not in set(members):
             raise RefusedError(f"catalog batch by {self.author.short()}, who is not a member")
         if self.seq != head + 1:
             raise RefusedError(f"catalog batch {self.seq} of {self.author.short()} does not follow {head}")
+        if self.prev != (head_digest if head else NO_PREV):
+            raise RefusedError(
+                f"catalog batch {self.seq} of {self.author.short()} follows another batch {head} than ours:"
+                " its author signed two different logs"
+            )
         if logged + len(self.ops) > MAX_LOG_OPS:
             raise RefusedError(f"{self.author.short()}'s catalog log is full ({MAX_LOG_OPS} entries)")
         for op in self.ops:
@@ -183,8 +211,16 @@ def rank(cls: StorageClass | None) -> int:
     return (tolerance + 1) * 1000 + copies
 
 
+def coded_as(cls: StorageClass | None, k: int, n: int) -> bool:
+    """Whether a put's shape fits its class (an unknown class is judged once it is known): a
+    class of another coding would have holders keep nothing, or the wrong blocks."""
+    return cls is None or (cls.coding.k, cls.coding.n) == (k, n)
+
+
 def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass]) -> OwnedEntry:
-    """An owner's entry as the index keeps it, ranked by the classes we know."""
+    """An owner's entry as the index keeps it, ranked by the classes we know; a put whose class
+    codes objects otherwise than its shape says never counts."""
+    cls = classes.get(op.storage_class)
     return OwnedEntry(
         op.object_id,
         owner,
@@ -195,7 +231,8 @@ def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass]) -> OwnedEnt
         op.n,
         op.size,
         op.at,
-        rank(classes.get(op.storage_class)) if op.kind == PUT else 0,
+        rank(cls) if op.kind == PUT else 0,
+        bad=op.kind == PUT and not coded_as(cls, op.k, op.n),
     )
 
 
@@ -204,22 +241,22 @@ def op_of(e: OwnedEntry) -> Op:
     return Op(e.kind, e.object_id, e.at, e.storage_class, e.total_blocks, e.k, e.n, e.size)
 
 
-def pack_heads(heads: Mapping[PeerId, int]) -> bytes:
-    """Per author, the last batch of its log held here: what members compare to sync."""
-    return b"".join(
-        p.public_key + struct.pack(">Q", seq) for p, seq in sorted(heads.items(), key=lambda x: x[0].public_key)
-    )
+_HEAD = struct.Struct(">32sQ16s")  # author, seq, the first 16 bytes of its batch's digest
 
 
-def unpack_heads(data: bytes, limit: int) -> dict[PeerId, int]:
-    """Parse a member's heads (at most `limit` authors)."""
-    size = PUBLIC_KEY_SIZE + 8
-    if len(data) % size or len(data) // size > limit:
+def pack_heads(heads: Mapping[bytes, tuple[int, bytes]]) -> bytes:
+    """Per author, the last batch of its log held here and its digest: what members compare."""
+    return b"".join(_HEAD.pack(a, seq, d[:16]) for a, (seq, d) in sorted(heads.items()))
+
+
+def unpack_heads(data: bytes, limit: int) -> dict[bytes, tuple[int, bytes]]:
+    """Parse a member's heads (at most `limit` authors): author -> (seq, digest prefix)."""
+    if len(data) % _HEAD.size or len(data) // _HEAD.size > limit:
         raise FormatError("catalog heads malformed or too many")
     out = {}
-    for pos in range(0, len(data), size):
-        seq = struct.unpack_from(">Q", data, pos + PUBLIC_KEY_SIZE)[0]
+    for pos in range(0, len(data), _HEAD.size):
+        author, seq, prefix = _HEAD.unpack_from(data, pos)
         if not 1 <= seq < 1 << 62:
             raise FormatError("catalog heads: impossible sequence number")
-        out[PeerId(data[pos : pos + PUBLIC_KEY_SIZE])] = seq
+        out[author] = (seq, prefix)
     return out

@@ -28,6 +28,15 @@ SIZE = _BODY.size + _SIGNATURE
 VERSION = 1
 
 
+def peek(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """(cloud, object, holder) of a receipt, read before its signature is checked: one that
+    cannot count is dropped without that cost."""
+    if len(data) != SIZE:
+        raise FormatError("delete receipt has the wrong size")
+    _, cloud, obj, holder, _, _ = _BODY.unpack_from(data)
+    return cloud, obj, holder
+
+
 @dataclass(frozen=True)
 class Receipt:
     """A holder's signed word on a deleted object: what it did, and when."""

@@ -38,6 +38,7 @@ CHALLENGES = 4  # blocks challenged per former holder
 CHALLENGE_TIMEOUT = 15.0
 RECHECKS_PER_LINK = 32  # issued deletes whose former holder is challenged when its link comes up
 SERVED_OBJECTS = 10_000  # objects whose outside fetchers are remembered (since the daemon started)
+SERVED_PER_OBJECT = 64  # outside fetchers remembered per object
 KEEP_FOR = 30 * 86400.0  # tombstones, and answered deletes, are dropped after this
 
 
@@ -70,12 +71,15 @@ class Deletions:
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered = asyncio.Event()
         self._resumed = False  # deletes a crash interrupted are finished at the first member link
+        self._queue: dict[bytes, None] = {}  # objects to delete here, in order, by one worker
+        self._worker: asyncio.Task[None] | None = None
 
     # -- issuing a delete
 
-    async def delete(self, object_id: bytes) -> deletion.Report:
+    async def delete(self, object_id: bytes, own_only: bool = False) -> deletion.Report:
         """Delete an object of the cloud as its owner (its entry goes; the object goes with the
-        last owner's) or as an admin (outright); return the report once online holders answered."""
+        last owner's) or as an admin (outright, unless `own_only`: `reclass` never takes an
+        object from its other owners); return the report once online holders answered."""
         doc = self.membership.doc
         if doc is None:
             raise RefusedError("this node is in no cloud: `peercloud rm` deletes the cloud's objects")
@@ -84,7 +88,7 @@ class Deletions:
         puts = [e for e in self.index.owned_entries(object_id) if e.kind == catalog.PUT]
         mine = any(e.owner == self.me.public_key for e in puts)
         admin = doc.is_admin(self.me)
-        if not mine and not admin:
+        if not mine and (not admin or own_only):
             raise RefusedError(
                 f"object {object_id.hex()[:12]} is not yours: only its owners or an admin of the cloud can delete it"
             )
@@ -95,7 +99,7 @@ class Deletions:
             raw: bytes | None = (await self.manifest(object_id)).encode()
         except PeercloudError:
             raw = None  # no one has the manifest: no copy can be challenged either
-        outright = admin and (others > 0 or not mine)  # an owner alone removes its own entry
+        outright = admin and not own_only and (others > 0 or not mine)  # an owner removes its own entry
         if outright or others == 0:
             self.index.add_deletion(object_id, now, holders, outsiders, raw, 0)
         else:
@@ -154,12 +158,23 @@ class Deletions:
     def on_gone(self, objects: list[bytes], deleted: bool) -> None:
         """Objects left the catalog: by a delete (drop them, answer with a receipt) or because
         their only owner left the cloud (stop keeping them for it)."""
-        for object_id in objects:
-            if deleted:
-                self._remove_own_entry(object_id)
-                self._spawn(self._delete_here(object_id))
-            else:
+        if not deleted:
+            for object_id in objects:
                 self.index.release(object_id)
+            return
+        self._queue.update(dict.fromkeys(objects))  # one worker: a million deletes are no million tasks
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._queue:
+            object_id = next(iter(self._queue))
+            del self._queue[object_id]
+            try:
+                self._remove_own_entry(object_id)
+                await self._delete_here(object_id)
+            except PeercloudError as e:
+                log.warning("could not delete %s here: %s (it is finished at the next start)", object_id.hex()[:12], e)
 
     def _remove_own_entry(self, object_id: bytes) -> None:
         """An admin erased an object we own: our log says so too, so the delete outlives the
@@ -179,9 +194,10 @@ class Deletions:
 
     async def _delete_locked(self, object_id: bytes) -> None:
         doc = self.membership.doc
-        had = self.index.get_object(object_id) is not None or self.store.has(object_id)
-        if doc is None or self.index.catalog(object_id) or not had:
-            return  # added again meanwhile, or nothing of it here
+        if doc is None or self.index.catalog(object_id):
+            return  # added again meanwhile
+        # A member that held nothing of it answers too: the deleter may have listed it from a
+        # claim it no longer had, and must not wait for it forever.
         key = self.me.public_key
         if self.keep_pins and self.index.is_pinned(object_id):
             self.index.release(object_id)
@@ -235,32 +251,45 @@ class Deletions:
         doc = self.membership.doc
         if doc is None or not self.membership.is_member(link.peer_id):
             return
+        assert link.peer_id is not None
         for data in msg.receipts:
+            cloud, object_id, holder = deletion.peek(data)
+            issued = self.index.deletion(object_id)
+            # Only the holder's own word, on a delete we issued, made after it (not an earlier
+            # delete of the same object), is read; the signature is checked last, when it counts.
+            if holder != link.peer_id.public_key or cloud != doc.cloud_id or issued is None:
+                continue
             try:
                 receipt = deletion.Receipt.decode(data)
             except FormatError as e:
                 link.close(f"delete receipt refused: {e}")
                 return
-            if receipt.holder == link.peer_id and receipt.cloud_id == doc.cloud_id:
-                self._take(receipt)
+            if receipt.at >= issued[0] - catalog.FUTURE_SLACK:
+                self._take(receipt, holder in issued[1])
 
     def on_served(self, peer: PeerId, block_id: bytes) -> None:
         """An outsider fetched a block here: if it is an object's manifest, note who has it."""
         if not self.membership.is_member(peer) and self.index.catalog(block_id):
             if len(self.served) >= SERVED_OBJECTS and block_id not in self.served:
                 del self.served[next(iter(self.served))]  # memory stays bounded: the oldest goes
-            self.served.setdefault(block_id, set()).add(peer)
+            fetchers = self.served.setdefault(block_id, set())
+            if len(fetchers) < SERVED_PER_OBJECT:
+                fetchers.add(peer)
 
-    def _take(self, receipt: deletion.Receipt) -> None:
+    def _take(self, receipt: deletion.Receipt, held: bool) -> None:
+        """Keep a holder's receipt; one that held the object and says it deleted it is then
+        challenged: its word is checked."""
         data = receipt.encode()
         if self.index.add_receipt(receipt.object_id, receipt.holder.public_key, receipt.status, data):
             self._answered.set()
             link = self.peers.links.get(receipt.holder)
-            if receipt.status == deletion.DELETED and link is not None:
+            if held and receipt.status == deletion.DELETED and link is not None:
                 self._spawn(self._challenge(link, receipt.object_id, KEPT_DELAY))
 
     async def _recheck(self, link: PeerLink, peer: PeerId) -> None:
-        """Challenge a returning former holder on the deletes it has not answered, or said it did."""
+        """Challenge a returning former holder on the deletes it has not answered, or said it did,
+        once it holds every log as far as we do (so it had the delete to act on)."""
+        await self.catalog.ready(link)
         for object_id in self.index.deletions_held_by(peer.public_key, RECHECKS_PER_LINK):
             await self._challenge(link, object_id, KEPT_DELAY)
 

@@ -108,5 +108,5 @@ async def reclass(service: Service, text: str, class_name: str) -> Reclassed:
         path = service.node.home.path / tmp / name
         await service.get(str(cap), path, None)
         added = await service.add(path, class_name, convergent=False, progress=None)
-    report = await service.deletions.delete(object_id)
+    report = await service.deletions.delete(object_id, own_only=True)
     return Reclassed(added.manifest.object_id, class_name, object_id, report.as_json())

@@ -7,6 +7,7 @@ encryption, disk) runs in threads so the event loop keeps serving peers meanwhil
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,7 +131,9 @@ class NodeService:
         )
         self.catalog.on_gone = self.deletions.on_gone
         self._serve_blocks = block_server(node.store, self.deletions.on_served)
-        self._locks: dict[bytes, asyncio.Lock] = {}
+        # Held only while in use: a lock nobody holds or waits for goes, so deletes and pulls of
+        # millions of objects leave no lock behind.
+        self._locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def start(self) -> None:
         """Listen for peers and dial the known ones."""
@@ -468,7 +471,10 @@ class NodeService:
 
     def _lock(self, object_id: bytes) -> asyncio.Lock:
         """Pulls, releases and unpins of one object run one at a time."""
-        return self._locks.setdefault(object_id, asyncio.Lock())
+        lock = self._locks.get(object_id)
+        if lock is None:
+            lock = self._locks[object_id] = asyncio.Lock()
+        return lock
 
     async def unpin(self, text: str) -> ObjectStatus:
         """Drop this node's copy, unless it keeps a column the class needs (it is a keeper)."""

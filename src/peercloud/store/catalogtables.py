@@ -17,9 +17,17 @@ from peercloud.store.db import Database, placeholders
 
 _CATALOG = "object_id, class, total_blocks, k, n, size, added_at"
 PUT, REMOVE, ERASE = 1, 2, 3  # entry kinds, as in cloud/catalog.py
-# Version 7: signed catalog logs (cloud/catalog.py). Rows of the version 3 catalog stay as they
-# are, with no owner: an admin may delete them; members that join later never learn them.
-SCHEMA_V7 = """
+LEGACY_OWNER = bytes(32)  # owns the catalog rows from before owners: only an admin's erase ends them
+# Catalog rows from before version 7 get an entry of no member's, ranked above any class (an
+# entry a member plants can neither re-class nor, by its removal, delete them).
+LEGACY_ENTRIES = f"""
+INSERT OR IGNORE INTO catalog_entries (object_id, owner, kind, class, total_blocks, k, n, size, at, rank)
+SELECT object_id, x'{LEGACY_OWNER.hex()}', 1, class, total_blocks, k, n, size, added_at, 1000000 FROM catalog;
+"""
+# Version 7: signed catalog logs (cloud/catalog.py). Rows of the version 3 catalog stay, owned by
+# LEGACY_OWNER: an admin may delete them; members that join later never learn them.
+SCHEMA_V7 = (
+    """
 CREATE TABLE catalog_entries (
     object_id BLOB NOT NULL,
     owner BLOB NOT NULL,
@@ -48,6 +56,8 @@ CREATE TABLE catalog_log (
     PRIMARY KEY (author, seq)
 ) WITHOUT ROWID;
 """
+    + LEGACY_ENTRIES
+)
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,27 @@ class OwnedEntry:
     size: int
     at: float
     rank: int
+    bad: bool = False  # counts for nothing: its class codes otherwise, or its manifest belied it
 
 
 def _entry(r: Any) -> CatalogEntry:
     return CatalogEntry(bytes(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+
+
+def _erasures(db: sqlite3.Connection, admins: set[bytes]) -> set[bytes]:
+    """Count again the erases of these admins only (the role is judged now, on every node
+    alike); re-derive what changed and return the objects that left the catalog."""
+    before = {bytes(r[0]): float(r[1]) for r in db.execute("SELECT object_id, at FROM catalog_erasures")}
+    rows = db.execute(f"SELECT object_id, owner, at FROM catalog_entries WHERE kind = {ERASE}").fetchall()
+    after: dict[bytes, float] = {}
+    for oid, owner, at in rows:
+        if bytes(owner) in admins:
+            after[bytes(oid)] = max(after.get(bytes(oid), 0.0), float(at))
+    if before == after:
+        return set()
+    db.execute("DELETE FROM catalog_erasures")
+    db.executemany("INSERT INTO catalog_erasures (object_id, at) VALUES (?, ?)", list(after.items()))
+    return derive(db, {o for o in before.keys() | after.keys() if before.get(o) != after.get(o)})
 
 
 def _owned(r: Any) -> OwnedEntry:
@@ -92,7 +119,8 @@ def put_entries(
     db: sqlite3.Connection, entries: Iterable[OwnedEntry], logged: bool, erasures: Iterable[tuple[bytes, float]] = ()
 ) -> set[bytes]:
     """Make these the owners' latest entries, and these admins' erasures (object, time) count,
-    then re-derive their objects' rows, in the caller's transaction; returns the objects touched."""
+    then re-derive their objects' rows, in the caller's transaction; returns the objects that
+    left the catalog."""
     erasures = list(erasures)
     db.executemany(
         """INSERT INTO catalog_erasures (object_id, at) VALUES (?, ?)
@@ -100,36 +128,45 @@ def put_entries(
         erasures,
     )
     rows = [
-        (e.object_id, e.owner, e.kind, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.at, e.rank, logged)
+        (e.object_id, e.owner, e.kind, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.at, e.rank, logged, e.bad)
         for e in entries
     ]
     db.executemany(
-        """INSERT INTO catalog_entries (object_id, owner, kind, class, total_blocks, k, n, size, at, rank, logged)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """INSERT INTO catalog_entries (object_id, owner, kind, class, total_blocks, k, n, size, at, rank, logged, bad)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
            ON CONFLICT (object_id, owner) DO UPDATE SET kind = excluded.kind, class = excluded.class,
              total_blocks = excluded.total_blocks, k = excluded.k, n = excluded.n, size = excluded.size,
-             at = excluded.at, rank = excluded.rank, logged = excluded.logged, bad = 0""",
+             at = excluded.at, rank = excluded.rank, logged = excluded.logged, bad = excluded.bad""",
         rows,
     )
-    touched = {r[0] for r in rows} | {o for o, _ in erasures}
-    derive(db, touched)
-    return touched
+    return derive(db, {r[0] for r in rows} | {o for o, _ in erasures})
 
 
-def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> None:
-    """Re-derive the catalog rows of these objects from their live entries (in a transaction)."""
-    args = [(o,) for o in objects]
-    db.executemany("DELETE FROM catalog WHERE object_id = ?", args)
-    live = f"""kind = {PUT} AND bad = 0
-        AND at > COALESCE((SELECT x.at FROM catalog_erasures x WHERE x.object_id = ?1), -1)"""
-    db.executemany(
+def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> set[bytes]:
+    """Re-derive the catalog rows of these objects from their live entries (in a transaction):
+    the strongest class among live puts (ties to the lower owner key), the earliest add.
+    Returns the objects that left."""
+    db.execute("CREATE TEMP TABLE IF NOT EXISTS touched (id BLOB PRIMARY KEY) WITHOUT ROWID")
+    db.execute("DELETE FROM temp.touched")
+    db.executemany("INSERT OR IGNORE INTO temp.touched (id) VALUES (?)", [(o,) for o in objects])
+    had = {
+        bytes(r[0]) for r in db.execute("SELECT c.object_id FROM catalog c JOIN temp.touched t ON t.id = c.object_id")
+    }
+    db.execute("DELETE FROM catalog WHERE object_id IN (SELECT id FROM temp.touched)")
+    db.execute(
         f"""INSERT INTO catalog ({_CATALOG})
-            SELECT object_id, class, total_blocks, k, n, size,
-                   (SELECT MIN(at) FROM catalog_entries WHERE object_id = ?1 AND {live})
-            FROM catalog_entries WHERE object_id = ?1 AND {live}
-            ORDER BY rank DESC, at, owner LIMIT 1""",
-        args,
+            SELECT object_id, class, total_blocks, k, n, size, first FROM (
+                SELECT e.*, MIN(e.at) OVER (PARTITION BY e.object_id) AS first,
+                       ROW_NUMBER() OVER (PARTITION BY e.object_id ORDER BY e.rank DESC, e.owner) AS place
+                FROM catalog_entries e JOIN temp.touched t ON t.id = e.object_id
+                WHERE e.kind = {PUT} AND e.bad = 0
+                  AND e.at > COALESCE((SELECT x.at FROM catalog_erasures x WHERE x.object_id = e.object_id), -1)
+            ) WHERE place = 1"""
     )
+    now = {
+        bytes(r[0]) for r in db.execute("SELECT c.object_id FROM catalog c JOIN temp.touched t ON t.id = c.object_id")
+    }
+    return had - now
 
 
 class CatalogTables(Database):
@@ -137,10 +174,13 @@ class CatalogTables(Database):
 
     # -- the logs
 
-    def catalog_heads(self) -> dict[bytes, tuple[int, int]]:
-        """Per author: the last batch held and how many entries its log holds."""
-        rows = self._query("SELECT author, MAX(seq), SUM(ops) FROM catalog_log GROUP BY author")
-        return {bytes(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    def catalog_heads(self) -> dict[bytes, tuple[int, int, bytes]]:
+        """Per author: the last batch held, how many entries its log holds, and that batch's bytes."""
+        rows = self._query(
+            """SELECT l.author, l.seq, (SELECT SUM(ops) FROM catalog_log s WHERE s.author = l.author), l.batch
+               FROM catalog_log l WHERE l.seq = (SELECT MAX(seq) FROM catalog_log m WHERE m.author = l.author)"""
+        )
+        return {bytes(r[0]): (int(r[1]), int(r[2]), bytes(r[3])) for r in rows}
 
     def catalog_batches(self, author: bytes, after: int, max_bytes: int) -> list[bytes]:
         """An author's batches after `after`, in order, at least one and then up to `max_bytes`."""
@@ -175,6 +215,19 @@ class CatalogTables(Database):
             )
             return put_entries(db, entries, logged=True, erasures=erasures)
 
+    def append_batches(
+        self, author: bytes, batches: list[tuple[int, bytes, list[OwnedEntry], list[tuple[bytes, float]]]]
+    ) -> set[bytes]:
+        """Keep consecutive checked batches of a member's log (seq, bytes, entries, erasures) in
+        one transaction; the objects touched. Not waited on the disk, as `append_batch`."""
+        with self.transaction(durable=False) as db:
+            db.executemany(
+                "INSERT INTO catalog_log (author, seq, ops, batch) VALUES (?, ?, ?, ?)",
+                [(author, seq, len(entries), data) for seq, data, entries, _ in batches],
+            )
+            entries = [e for _, _, es, _ in batches for e in es]
+            return put_entries(db, entries, logged=True, erasures=[x for *_, xs in batches for x in xs])
+
     def unlogged(self, owner: bytes, limit: int) -> list[OwnedEntry]:
         """This node's own entries still to sign into its log, oldest first."""
         rows = self._query(
@@ -203,28 +256,38 @@ class CatalogTables(Database):
         with self.transaction() as db:
             return put_entries(db, entries, logged=False, erasures=erasures)
 
-    def drop_author(self, author: bytes) -> set[bytes]:
-        """Forget a former member's log and entries; the objects whose rows changed."""
+    def drop_author(self, author: bytes, admins: set[bytes]) -> set[bytes]:
+        """Forget a former member's log and entries (its erasures with them), and stop holding for
+        the cloud what left the catalog with it, in one transaction; returns those objects."""
         with self.transaction() as db:
-            touched = {
-                bytes(r[0]) for r in db.execute("SELECT object_id FROM catalog_entries WHERE owner = ?", (author,))
-            }
+            rows = db.execute("SELECT object_id FROM catalog_entries WHERE owner = ?", (author,))
+            touched = {bytes(r[0]) for r in rows}
             db.execute("DELETE FROM catalog_log WHERE author = ?", (author,))
             db.execute("DELETE FROM catalog_entries WHERE owner = ?", (author,))
-            derive(db, touched)
-        return touched
+            gone = derive(db, touched) | _erasures(db, admins)
+            db.executemany("DELETE FROM holds WHERE object_id = ?", [(o,) for o in gone])
+        return gone
 
-    def rerank(self, ranks: dict[str, int]) -> set[bytes]:
-        """Class definitions changed: rank their puts again and re-derive the objects touched."""
+    def recount_erasures(self, admins: set[bytes]) -> set[bytes]:
+        """The admins changed: only erases by admins count; the objects that left the catalog."""
+        with self.transaction() as db:
+            return _erasures(db, admins)
+
+    def rerank(self, classes: dict[str, tuple[int, int, int] | None]) -> set[bytes]:
+        """Class definitions changed (name -> (rank, k, n), None when gone): rank their puts again,
+        puts of another coding stop counting, and the objects touched are re-derived; returns them."""
         with self.transaction() as db:
             touched: set[bytes] = set()
-            for name, rank in ranks.items():
-                rows = db.execute(
-                    f"SELECT object_id FROM catalog_entries WHERE class = ? AND kind = {PUT} AND rank != ?",
-                    (name, rank),
-                ).fetchall()
+            for name, known in classes.items():
+                rank, k, n = known if known is not None else (0, 0, 0)
+                rows = db.execute(f"SELECT object_id FROM catalog_entries WHERE class = ? AND kind = {PUT}", (name,))
                 touched |= {bytes(r[0]) for r in rows}
                 db.execute(f"UPDATE catalog_entries SET rank = ? WHERE class = ? AND kind = {PUT}", (rank, name))
+                if known is not None:
+                    db.execute(
+                        f"UPDATE catalog_entries SET bad = 1 WHERE class = ? AND kind = {PUT} AND (k != ? OR n != ?)",
+                        (name, k, n),
+                    )
             derive(db, touched)
         return touched
 

@@ -159,7 +159,9 @@ class DeletionTables(Database):
                 return False
             return bool(
                 db.execute(
-                    "INSERT OR IGNORE INTO delete_receipts (object_id, peer, status, receipt) VALUES (?, ?, ?, ?)",
+                    """INSERT INTO delete_receipts (object_id, peer, status, receipt) VALUES (?, ?, ?, ?)
+                       ON CONFLICT (object_id, peer) DO UPDATE SET status = excluded.status,
+                         receipt = excluded.receipt WHERE delete_receipts.status = 0""",
                     (object_id, peer, status, receipt),
                 ).rowcount
             )
