@@ -88,6 +88,9 @@ def test_a_batch_extends_only_a_members_own_log_in_order() -> None:
         check(sign(me, 1, [put(os.urandom(32), at=now + 3600)]))
     with pytest.raises(RefusedError, match="impossible"):
         check(sign(me, 1, [Op(PUT, os.urandom(32), now, "replica-3", 3, 2, 1, 5000)]))
+    # A delete is signed into a batch as it is made: one carried by a batch signed much later expired.
+    with pytest.raises(RefusedError, match="expired"):
+        check(sign(me, 1, [Op(REMOVE, os.urandom(32), now - 2 * catalog.DELETE_EXPIRY)]))
     with pytest.raises(RefusedError, match="removal"):
         check(sign(me, 1, [Op(REMOVE, os.urandom(32), now, "replica-3")]))
     with pytest.raises(FormatError):

@@ -34,6 +34,7 @@ MAX_OPS = 400  # entries per batch: a batch fits one 60 KB page with room to spa
 MAX_LOG_OPS = 1_000_000  # entries one member's log may hold: 10x a large library, and a bound
 FUTURE_SLACK = 600.0  # an entry dated further ahead than this is refused (it would outlive deletes)
 NO_PREV = bytes(32)  # the `prev` of an author's first batch
+DELETE_EXPIRY = 3600.0  # a removal or erase signed longer than this after it was made is refused
 MAX_CLASS_NAME = 32
 _SIGN_CONTEXT = b"peercloud catalog batch v1\x00"
 _HEADER = struct.Struct(">B16s32sQ32sdI32s")  # version, cloud, author, seq, prev, time, count, root
@@ -195,8 +196,10 @@ class Batch:
         if logged + len(self.ops) > MAX_LOG_OPS:
             raise RefusedError(f"{self.author.short()}'s catalog log is full ({MAX_LOG_OPS} entries)")
         for op in self.ops:
-            problem = op.problem() or (
-                "entry dated in the future" if op.at > now + FUTURE_SLACK or self.at > now + FUTURE_SLACK else None
+            problem = (
+                op.problem()
+                or ("entry dated in the future" if op.at > now + FUTURE_SLACK or self.at > now + FUTURE_SLACK else None)
+                or ("delete expired" if op.kind in (REMOVE, ERASE) and self.at - op.at > DELETE_EXPIRY else None)
             )
             if problem is not None:
                 raise RefusedError(f"catalog batch {self.seq} of {self.author.short()}: {problem}")

@@ -13,6 +13,7 @@ dropped for that.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from typing import Any, NamedTuple
 from peercloud.cloud import catalog
 from peercloud.cloud.document import CloudDoc
 from peercloud.content.manifest import Manifest
-from peercloud.errors import FormatError, NotFoundError, RefusedError
+from peercloud.errors import FormatError, RefusedError
 from peercloud.identity import Identity
 from peercloud.net.link import PeerError, PeerLink
+from peercloud.node import catalog_own
 from peercloud.node.membership import Membership
 from peercloud.store.index import CatalogEntry, Index, OwnedEntry
 from peercloud.swarm.peers import PeerManager
@@ -88,6 +90,7 @@ class CatalogSync:
         await asyncio.sleep(FLUSH_DELAY)
         doc = self.membership.doc
         while doc is not None and (entries := self.index.unlogged(self.me, catalog.MAX_OPS)):
+            entries = self._redate(doc, entries)
             head = self.heads.get(self.me, NO_HEAD)  # only this task writes our log
             ops = [catalog.op_of(e) for e in entries]
             data = catalog.Batch.sign(self.identity, doc.cloud_id, head.seq + 1, head.digest, time.time(), ops).encode()
@@ -98,47 +101,30 @@ class CatalogSync:
                 link.notify(notice)
             self.on_logged([e.object_id for e in entries])
 
+    def _redate(self, doc: CloudDoc, entries: list[OwnedEntry]) -> list[OwnedEntry]:
+        """Deletes left unsigned long enough to expire (a power cut, then days offline) are
+        dated now, here as in the batch, so members take them (an erase then also ends what was
+        added meanwhile, on every node alike)."""
+        now = time.time()
+        stale = [e for e in entries if e.kind != catalog.PUT and now - e.at > catalog.DELETE_EXPIRY / 2]
+        if not stale:
+            return entries
+        fresh = [dataclasses.replace(e, at=now) for e in stale]
+        admin = doc.is_admin(self.identity.peer_id)
+        erasures = [(e.object_id, now) for e in fresh if e.kind == catalog.ERASE and admin]
+        self._gone(self.index.put_own(fresh, erasures))
+        return self.index.unlogged(self.me, catalog.MAX_OPS)
+
     def bring(self, manifest_of: Callable[[bytes], Manifest]) -> tuple[list[CatalogEntry], list[str]]:
-        """Objects this node added before it was in the cloud join its catalog (each under its own
-        class when the cloud has one of that coding): (entries brought, why others were not)."""
-        classes = self.membership.classes
-        brought, skipped = [], []
-        for object_id in self.index.local_only():
-            record = self.index.get_object(object_id)
-            try:
-                manifest = manifest_of(object_id)
-            except NotFoundError:
-                skipped.append(f"{object_id.hex()[:12]}: its manifest is not stored here")
-                continue
-            coding = manifest.coding
-            same = [c for c in classes.values() if c.coding == coding]
-            named = classes.get(record.storage_class) if record else None
-            cls = named if named is not None and named.coding == coding else (same[0] if same else None)
-            if cls is None:
-                skipped.append(f"{object_id.hex()[:12]}: the cloud has no class of coding {coding.k}-of-{coding.n}")
-                continue
-            total, now = len(manifest.blocks()), time.time()
-            op = catalog.Op(catalog.PUT, object_id, now, cls.name, total, coding.k, coding.n, manifest.size)
-            if self.index.bring(catalog.owned(op, self.me, classes)):
-                brought.append(CatalogEntry(object_id, cls.name, total, coding.k, coding.n, manifest.size, now))
+        """Objects this node added before it was in the cloud join its catalog (`catalog_own.py`)."""
+        brought, skipped = catalog_own.bring(self.index, self.membership.classes, self.me, manifest_of)
         if brought:
             self.flush_soon()
         return brought, skipped
 
     def check_manifest(self, manifest: Manifest) -> None:
         """Entries whose shape the object's manifest belies stop counting: an owner lied."""
-        bad = [
-            e.owner
-            for e in self.index.owned_entries(manifest.object_id)
-            if e.kind == catalog.PUT and catalog.manifest_problem(e, manifest) is not None
-        ]
-        if bad:
-            log.warning(
-                "catalog entries of %s by %d owner(s) belie its manifest: dropped",
-                manifest.object_id.hex()[:12],
-                len(bad),
-            )
-            self.index.mark_bad(manifest.object_id, bad)
+        if catalog_own.belied(self.index, manifest):
             self.on_changed({manifest.object_id})
 
     def on_doc(self, old: CloudDoc | None, new: CloudDoc) -> None:
