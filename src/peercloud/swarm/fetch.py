@@ -50,6 +50,7 @@ class _State:
     inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
     per_peer: dict[PeerId, int] = field(default_factory=dict)
     failed: dict[bytes, set[PeerLink]] = field(default_factory=dict)  # a reconnected peer gets another try
+    via: dict["asyncio.Task[Staged]", PeerLink] = field(default_factory=dict)  # the link each request went on
     staging: set[asyncio.Future[Staged]] = field(default_factory=set)
     order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
     order_version: int = -1
@@ -184,6 +185,7 @@ def _start_from_best(
     pid = min(candidates, key=lambda p: st.per_peer.get(p, 0))
     task = asyncio.get_running_loop().create_task(_fetch_one(links[pid], st, bid))
     tasks[task] = (bid, pid)
+    st.via[task] = links[pid]
     if not busy:
         st.flying[st.group_of[bid]] += 1
     st.inflight.setdefault(bid, set()).add(pid)
@@ -221,10 +223,12 @@ def _complete(
     progress: Callable[[int], None] | None,
 ) -> int:
     group = st.groups[st.group_of[bid]]
+    # The link the request went on, not the peer's link now: a request lost with a duplicate
+    # connection must not count against the connection that replaced it.
+    link = st.via.pop(task, None)
     if task.cancelled():
         return 0
     exc = task.exception()
-    link = peers.links.get(pid)
     if isinstance(exc, IntegrityError):
         peers.ban(pid, f"sent block {bid.hex()[:12]} that failed verification")
         return 0
