@@ -72,7 +72,7 @@ class CatalogSync:
         # objects that left the catalog by a delete.
         self.on_changed: Callable[[set[bytes]], None] = lambda _: None
         self.on_logged: Callable[[list[bytes]], None] = lambda _: None
-        self.on_gone: Callable[[list[bytes], bool], None] = lambda _, __: None
+        self.on_gone: Callable[[list[bytes]], None] = lambda _: None
         self.load()
 
     def load(self) -> None:
@@ -138,7 +138,7 @@ class CatalogSync:
         }:
             gone = self.index.recount_erasures(self._admins())
             if gone:
-                self.on_gone(sorted(gone), True)
+                self.on_gone(sorted(gone))
         before, after = old.class_map, new.class_map
         changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
         if changed:
@@ -250,7 +250,7 @@ class CatalogSync:
 
     def _gone(self, gone: set[bytes]) -> None:
         if gone:
-            self.on_gone(sorted(gone), True)
+            self.on_gone(sorted(gone))
 
     def _pull_soon(self, link: PeerLink, author: bytes) -> None:
         busy = sum(1 for lk in self._pulling.values() if lk is link)

@@ -106,9 +106,9 @@ class Deletions:
             self.index.add_deletion(object_id, now, [], [], None, others)  # the object stays theirs
         op = catalog.Op(catalog.ERASE if outright else catalog.REMOVE, object_id, now)
         entry = catalog.owned(op, self.me.public_key, doc.class_map)
-        touched = self.index.put_own([entry], erasures=[(object_id, now)] if outright else [])
+        gone = self.index.put_own([entry], erasures=[(object_id, now)] if outright else [])
         self.catalog.flush_soon()
-        self.on_gone([o for o in touched if not self.index.catalog(o)], deleted=True)
+        self.on_gone(sorted(gone))
         await self._wait_for_online(object_id, holders)
         found = self.report(object_id)
         assert found is not None
@@ -155,13 +155,9 @@ class Deletions:
 
     # -- carrying deletes out here
 
-    def on_gone(self, objects: list[bytes], deleted: bool) -> None:
-        """Objects left the catalog: by a delete (drop them, answer with a receipt) or because
-        their only owner left the cloud (stop keeping them for it)."""
-        if not deleted:
-            for object_id in objects:
-                self.index.release(object_id)
-            return
+    def on_gone(self, objects: list[bytes]) -> None:
+        """Objects left the catalog by a delete: drop them here and answer with a receipt (an
+        owner's departure releases its objects' holds in `drop_author` instead)."""
         self._queue.update(dict.fromkeys(objects))  # one worker: a million deletes are no million tasks
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._drain())
@@ -229,7 +225,7 @@ class Deletions:
         unfinished = self.index.unfinished_deletions()
         if unfinished:
             log.info("finishing %d delete(s) a crash interrupted", len(unfinished))
-            self.on_gone(unfinished, deleted=True)
+            self.on_gone(unfinished)
 
     # -- receipts and audits
 
