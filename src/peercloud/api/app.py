@@ -35,7 +35,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from peercloud import __version__
-from peercloud.api import views
+from peercloud.api import buckets, views
 from peercloud.api.docs import docs_html
 from peercloud.api.models import (
     AddRequest,
@@ -273,9 +273,10 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         return (await service.reclass(ref, req.cls)).as_json()
 
     @api.delete("/v1/objects/{ref}")
-    async def delete(ref: str) -> dict[str, Any]:
-        """Delete an object of the cloud (as an owner or an admin): the deletion report."""
-        return (await service.delete(ref)).as_json()
+    async def delete(ref: str, force: bool = False) -> dict[str, Any]:
+        """Delete an object of the cloud (as an owner or an admin): the deletion report. Refused
+        while a bucket this node reads names it, unless `force`."""
+        return (await service.delete(ref, force)).as_json()
 
     @api.get("/v1/status")
     async def summary() -> dict[str, Any]:
@@ -433,5 +434,6 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         report = await asyncio.to_thread(service.node.fsck)
         return views.fsck(report, service.node.objects())
 
+    buckets.add_routes(api, service, stream)
     app.include_router(api)
     return app

@@ -87,3 +87,40 @@ class ClassRequest(BaseModel):
     spread: str = ""
     grace: float = DEFAULT_GRACE
     force: bool = False  # define it even though the members cannot meet it yet
+
+
+class BucketCreateRequest(BaseModel):
+    """A new bucket `name` under the cloud's class `storage_class` (None: the default)."""
+
+    name: str
+    storage_class: str | None = None
+
+
+class BucketImportRequest(BaseModel):
+    """Add the bucket a cap names, under the alias `name` (None: from its ID)."""
+
+    cap: str
+    name: str | None = None
+
+
+class PutRequest(BaseModel):
+    """Put the file or folder at `source` (or an object's read cap) at `target` (BUCKET/KEY or BUCKET/PREFIX/)."""
+
+    source: str
+    target: str
+    meta: dict[str, str] = {}
+
+
+class KeyGetRequest(BaseModel):
+    """Write `target` (BUCKET/KEY, or BUCKET/PREFIX/ into a folder) to `output` in `cwd`."""
+
+    target: str
+    output: str | None = None
+    cwd: str | None = None
+
+
+class MoveRequest(BaseModel):
+    """Rename the key `source` to `target` (each BUCKET/KEY)."""
+
+    source: str
+    target: str

@@ -61,6 +61,7 @@ import typer
 from rich.table import Table
 
 from peercloud import __version__
+from peercloud.cli import buckets as bucket_commands
 from peercloud.cli import cloud as cloud_commands
 from peercloud.cli import peers as peers_commands
 from peercloud.cli.backend import open_backend
@@ -86,6 +87,9 @@ app = typer.Typer(
 app.add_typer(peers_commands.peers_app, name="peers")
 app.add_typer(cloud_commands.cloud_app, name="cloud")
 app.add_typer(cloud_commands.class_app, name="class")
+app.add_typer(bucket_commands.bucket_app, name="bucket")
+app.command("put")(bucket_commands.put)
+app.command("mv")(bucket_commands.move)
 
 
 def _version(value: bool) -> None:
@@ -196,14 +200,20 @@ def add(
 @app.command()
 def get(
     ctx: typer.Context,
-    cap: Annotated[str, typer.Argument(help="Read cap (pcr1_…), or object ID / prefix of an object known here.")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file.")] = None,
+    cap: Annotated[
+        str, typer.Argument(help="Read cap (pcr1_…), object ID / prefix known here, BUCKET/KEY or BUCKET/PREFIX/.")
+    ],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the file (or folder).")] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Without -o: replace a file of the object's name here.")
     ] = False,
     json: JsonFlag = False,
 ) -> None:
-    """Fetch an object (from peers when the daemon runs), verify every block, decrypt, write atomically."""
+    """Fetch an object or a bucket's key (from peers when the daemon runs), verify every block,
+    decrypt, write atomically."""
+    if "/" in cap:
+        bucket_commands.get_key(ctx, cap, output, json)
+        return
     with open_backend(node_home(ctx)) as backend, progress_bar("get") as progress:
         data = backend.get(cap, output, progress, force)
     if json:
@@ -228,8 +238,16 @@ def pin(
 
 
 @app.command("ls")
-def list_objects(ctx: typer.Context, json: JsonFlag = False) -> None:
-    """List objects known to this node, with size, class and % held locally."""
+def list_objects(
+    ctx: typer.Context,
+    target: Annotated[str | None, typer.Argument(help="BUCKET or BUCKET/PREFIX: list its keys.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Every key under the prefix.")] = False,
+    json: JsonFlag = False,
+) -> None:
+    """List objects known to this node (size, class, % held locally), or a bucket's keys."""
+    if target is not None:
+        bucket_commands.list_keys(ctx, target, recursive, json)
+        return
     with open_backend(node_home(ctx)) as backend:
         rows = backend.objects()
     if json:
@@ -313,13 +331,19 @@ def unpin(
 @app.command("rm")
 def rm(
     ctx: typer.Context,
-    obj: Annotated[str, typer.Argument(help="Object ID, prefix or cap.")],
+    obj: Annotated[str, typer.Argument(help="Object ID, prefix or cap; or BUCKET/KEY.")],
+    force: Annotated[bool, typer.Option("--force", help="Delete an object even while a bucket names it.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="BUCKET/PREFIX/: every key under it.")] = False,
     json: JsonFlag = False,
 ) -> None:
     """Delete an object of the cloud (its owner or an admin): every holder is asked, and the report
-    says who deleted it, who is offline, who refused, who kept it and who is outside your control."""
+    says who deleted it, who is offline, who refused, who kept it and who is outside your control.
+    With BUCKET/KEY the name goes, and the object with it once none of your names points at it."""
+    if "/" in obj:
+        bucket_commands.remove_key(ctx, obj, recursive, json)
+        return
     with open_backend(node_home(ctx)) as backend:
-        data = backend.delete(obj)
+        data = backend.delete(obj, force)
     if json:
         print_json(data)
     else:

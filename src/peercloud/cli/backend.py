@@ -51,7 +51,7 @@ class Backend(Protocol):
         """Drop this node's copy unless the class minimum needs it."""
         ...
 
-    def delete(self, ref: str) -> dict[str, Any]:
+    def delete(self, ref: str, force: bool = False) -> dict[str, Any]:
         """Delete an object of the cloud: the deletion report."""
         ...
 
@@ -129,9 +129,9 @@ class DaemonBackend:
         result: dict[str, Any] = self.client.call("POST", "/v1/unpin", {"cap": cap})
         return result
 
-    def delete(self, ref: str) -> dict[str, Any]:
+    def delete(self, ref: str, force: bool = False) -> dict[str, Any]:
         """`rm`."""
-        result: dict[str, Any] = self.client.call("DELETE", f"/v1/objects/{ref}")
+        result: dict[str, Any] = self.client.call("DELETE", f"/v1/objects/{ref}?force={str(force).lower()}")
         return result
 
     def reclass(self, ref: str, class_name: str) -> dict[str, Any]:

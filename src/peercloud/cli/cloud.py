@@ -42,13 +42,18 @@ def _say_brought(data: dict[str, Any]) -> None:
         )
 
 
-def _client(ctx: typer.Context) -> DaemonClient:
+def daemon_client(ctx: typer.Context, what: str = "the cloud is run by the daemon") -> DaemonClient:
+    """The running daemon of the node home, or DaemonNeededError saying why it is needed."""
     home = node_home(ctx)
     home.require()
     client = DaemonClient.find(home)
     if client is None:
-        raise DaemonNeededError("the cloud is run by the daemon: start it with `peercloud up`, then retry")
+        raise DaemonNeededError(f"{what}: start it with `peercloud up`, then retry")
     return client
+
+
+def _client(ctx: typer.Context) -> DaemonClient:
+    return daemon_client(ctx)
 
 
 def _offer(ctx: typer.Context, text: str | None) -> int:

@@ -66,7 +66,7 @@ class LocalBackend:
         """Unpinning checks the live ledger."""
         raise DaemonNeededError(NEEDS_DAEMON)
 
-    def delete(self, ref: str) -> dict[str, Any]:
+    def delete(self, ref: str, force: bool = False) -> dict[str, Any]:
         """A delete goes to the cloud's members."""
         raise DaemonNeededError(NEEDS_DAEMON)
 

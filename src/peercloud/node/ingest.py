@@ -4,6 +4,7 @@ The object row is written last, in one transaction with its block list, after ev
 durable: a crash or a full quota at any point leaves no visible half-object.
 """
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -61,11 +62,13 @@ def add_file(
     convergence_secret: bytes | None = None,
     progress: Progress | None = None,
     owner: bytes | None = None,
+    also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
 ) -> AddResult:
     """Store the file at `path` as a new object of class `cls` on this node.
 
     `owner` (this node's public key): the object joins this node's cloud (its catalog entry,
-    owned by this node, and holds) instead of being pinned.
+    owned by this node, and holds) instead of being pinned. `also` writes more in the
+    transaction that records the object (a bucket's name for it: named if and only if added).
     """
     try:
         size = path.stat().st_size
@@ -126,7 +129,9 @@ def add_file(
             k, n, total = cls.coding.k, cls.coding.n, len(manifest.blocks())
             op = catalog.Op(catalog.PUT, manifest.object_id, record.added_at, cls.name, total, k, n, read)
             entry = catalog.owned(op, owner, {cls.name: cls})
-        store.index.add_object(record, blocks, pin=owner is None, catalog=entry)
+        store.index.add_object(
+            record, blocks, pin=owner is None, catalog=entry, also=(lambda db: also(db, record)) if also else None
+        )
     except BaseException:
         store.abort(batch)
         # Blocks this add made visible but no object references must not linger as garbage.

@@ -1,5 +1,7 @@
 """A node working on its own store: add, get, list, inspect, check. The daemon wraps this later."""
 
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +58,7 @@ class LocalNode:
         convergent: bool = False,
         progress: ingest.Progress | None = None,
         classes: dict[str, StorageClass] | None = None,
+        also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
     ) -> ingest.AddResult:
         """Store a file as a new object in the given (or default) class; with `classes` (a cloud's),
         the object becomes the cloud's to place."""
@@ -70,6 +73,7 @@ class LocalNode:
             convergence_secret=secret,
             progress=progress,
             owner=self.identity.peer_id.public_key if classes is not None else None,
+            also=also,
         )
 
     def resolve(self, text: str) -> ReadCap | VerifyCap:

@@ -45,6 +45,16 @@ def check_key(manifest: Manifest, key: bytes) -> None:
         raise IntegrityError("the read cap's key does not belong to this object (wrong or altered cap)")
 
 
+def read_all(store: BlockStore, manifest: Manifest, key: bytes) -> bytes:
+    """A small object's plaintext from local blocks, every block verified."""
+    check_key(manifest, key)
+    codec = SegmentCodec(key, manifest.coding)
+    return b"".join(
+        codec.open(seg, read_segment_blocks(store, manifest, seg), manifest.ciphertext_length(seg))
+        for seg in range(manifest.segment_count)
+    )
+
+
 class OutputFile:
     """The destination of a get: a temp file beside `out`, renamed over it only when complete."""
 

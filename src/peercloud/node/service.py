@@ -6,6 +6,8 @@ encryption, disk) runs in threads so the event loop keeps serving peers meanwhil
 
 import asyncio
 import logging
+import shutil
+import sqlite3
 import time
 import weakref
 from collections.abc import Callable
@@ -23,11 +25,13 @@ from peercloud.connect.book import AddressBook
 from peercloud.content import erasure
 from peercloud.content.caps import ReadCap
 from peercloud.content.manifest import MAX_MANIFEST_SIZE, Manifest
-from peercloud.errors import NotFoundError, RefusedError, UsageError
+from peercloud.errors import IntegrityError, NotFoundError, RefusedError, UsageError
 from peercloud.identity import PeerId
 from peercloud.net.link import Address, PeerLink, listen
 from peercloud.node import ingest, retrieve
 from peercloud.node.auditor import Auditor
+from peercloud.node.buckets import Buckets
+from peercloud.node.bucketsync import BucketSync
 from peercloud.node.catalog import CatalogSync
 from peercloud.node.deletion import Deletions
 from peercloud.node.ingest import MANIFEST_SEGMENT
@@ -130,6 +134,9 @@ class NodeService:
             lambda object_id: self._lock(object_id),
         )
         self.catalog.on_gone = self.deletions.on_gone
+        self.bucket_sync = BucketSync(node.identity, node.index, self, node.home.path / "scratch")
+        self.buckets = Buckets(self, self.bucket_sync)
+        self.bucket_sync.on_unnamed = self.buckets.on_unnamed
         self._serve_blocks = block_server(node.store, self.deletions.on_served)
         # Held only while in use: a lock nobody holds or waits for goes, so deletes and pulls of
         # millions of objects leave no lock behind.
@@ -159,6 +166,9 @@ class NodeService:
             loop.create_task(self._prune()),
             loop.create_task(self._remove_leftovers()),
         ]
+        shutil.rmtree(self.bucket_sync.scratch, ignore_errors=True)  # batch files a crash left unadded
+        self.bucket_sync.scratch.mkdir(exist_ok=True)
+        self.bucket_sync.resume()
 
     async def stop(self, timeout: float = 1.5) -> None:
         """Close the listener, links and background tasks, in at most `timeout` seconds whatever they do."""
@@ -229,12 +239,15 @@ class NodeService:
             self.catalog.on_notice(link, msg)
         elif isinstance(msg, m.DeleteReceipts):
             self.deletions.on_notice(link, msg)
+        elif isinstance(msg, m.BucketHeads):
+            self.bucket_sync.on_notice(link, msg)
 
     def _on_link(self, link: PeerLink) -> None:
         self.network.on_link(link)
         self.membership.on_link(link)
         self.catalog.on_link(link)
         self.deletions.on_link(link)
+        self.bucket_sync.on_link(link)
 
     def _announce(self, object_id: bytes) -> None:
         self.peers.announce(object_id)
@@ -246,9 +259,15 @@ class NodeService:
     # -- operations
 
     async def add(
-        self, path: Path, class_name: str | None, convergent: bool, progress: Progress | None
+        self,
+        path: Path,
+        class_name: str | None,
+        convergent: bool,
+        progress: Progress | None,
+        also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
     ) -> ingest.AddResult:
-        """Add a file, then tell connected peers we hold it; in a cloud, placement takes over."""
+        """Add a file, then tell connected peers we hold it; in a cloud, placement takes over.
+        `also` writes more in the add's transaction (a bucket's name for the object)."""
         doc = self.membership.doc
         result = await asyncio.to_thread(
             self.node.add,
@@ -257,6 +276,7 @@ class NodeService:
             convergent=convergent,
             progress=progress,
             classes=doc.class_map if doc else None,
+            also=also,
         )
         manifest = result.manifest
         if self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over
@@ -367,6 +387,21 @@ class NodeService:
             out,
         )
         return result
+
+    async def read_object(self, cap: ReadCap, limit: int) -> bytes:
+        """A small object's plaintext in memory (a bucket's batch), fetched from holders; blocks
+        fetched only for this are not kept."""
+        manifest = await self.manifest(cap.object_id)
+        retrieve.check_key(manifest, cap.key)
+        if manifest.size > limit:
+            raise IntegrityError(f"object {cap.object_id.hex()[:12]} is larger than {limit} bytes")
+        had = {bid for _, _, bid in manifest.blocks() if self.node.store.has(bid)}
+        await self._gather(manifest, all_blocks=False, progress=None)
+        try:
+            return await asyncio.to_thread(retrieve.read_all, self.node.store, manifest, cap.key)
+        finally:
+            fetched = [bid for _, _, bid in manifest.blocks() if bid not in had]
+            await asyncio.to_thread(self.node.store.delete, fetched, self.node.index.referenced)
 
     async def pin(self, text: str, progress: Progress | None) -> Manifest:
         """Fetch and keep every block of an object; needs only its verify cap."""
@@ -500,9 +535,13 @@ class NodeService:
         """The ledger's view of one object, with its class when the cloud knows it."""
         return ledger_view(self.node, object_id, set(self.peers.links), self.membership.doc)
 
-    async def delete(self, text: str) -> Report:
-        """`rm`: delete an object of the cloud with its holders' agreement (`node/deletion.py`)."""
-        return await self.deletions.delete(self.node.resolve(text).object_id)
+    async def delete(self, text: str, force: bool = False) -> Report:
+        """`rm`: delete an object of the cloud with its holders' agreement (`node/deletion.py`);
+        refused while a bucket this node reads names it, unless `force`."""
+        object_id = self.node.resolve(text).object_id
+        if not force:
+            self.buckets.check_unnamed(object_id)
+        return await self.deletions.delete(object_id)
 
     async def reclass(self, text: str, class_name: str) -> Reclassed:
         """`reclass`: the object under another class of the cloud (`node/reclass.py`)."""

@@ -5,12 +5,14 @@ block that is missing or partial after a crash. One connection is shared by the 
 threads behind a lock; SQLite transactions make each change all-or-nothing.
 """
 
+import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peercloud.store.buckettables import SCHEMA_V9, BucketTables, KeyRow
 from peercloud.store.catalogtables import SCHEMA_V7, CatalogEntry, CatalogTables, OwnedEntry, put_entries
 from peercloud.store.cloudtables import SCHEMA_V6, CloudTables
 from peercloud.store.db import placeholders
@@ -18,8 +20,18 @@ from peercloud.store.deletiontables import SCHEMA_V8, DeletionTables
 from peercloud.store.holdings import Claim, Holding, HoldingTables
 from peercloud.store.records import SCHEMA_V5, RecordTables
 
-__all__ = ["SCHEMA_VERSION", "CatalogEntry", "Claim", "Holding", "Index", "InventoryItem", "ObjectRecord", "OwnedEntry"]
-SCHEMA_VERSION = 8
+__all__ = [
+    "SCHEMA_VERSION",
+    "CatalogEntry",
+    "Claim",
+    "Holding",
+    "Index",
+    "InventoryItem",
+    "KeyRow",
+    "ObjectRecord",
+    "OwnedEntry",
+]
+SCHEMA_VERSION = 9
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -163,12 +175,14 @@ _OBJECT_COLUMNS = """
 """
 
 
-class Index(HoldingTables, CatalogTables, DeletionTables, CloudTables, RecordTables):
+class Index(HoldingTables, CatalogTables, BucketTables, DeletionTables, CloudTables, RecordTables):
     """The node's index: every table, each concern in its own module, over one connection."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.migrate(path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8])
+        self.migrate(
+            path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9]
+        )
 
     # -- blocks
 
@@ -228,12 +242,13 @@ class Index(HoldingTables, CatalogTables, DeletionTables, CloudTables, RecordTab
         blocks: Iterable[tuple[int, int, bytes]],
         pin: bool,
         catalog: OwnedEntry | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         """Record an object, its (segment, share, block) list and a pin, atomically.
 
         With `catalog` (this node's own entry, signed into its log afterwards), the object is the
         cloud's instead: listed in the catalog and its blocks held for the cloud (which may
-        release them), in the same transaction.
+        release them), in the same transaction. `also` writes more in it (a bucket's name for it).
         """
         blocks = list(blocks)
         with self.transaction() as db:
@@ -256,6 +271,8 @@ class Index(HoldingTables, CatalogTables, DeletionTables, CloudTables, RecordTab
                     [(record.object_id, bid, catalog.n > 1) for _, _, bid in blocks],
                 )
                 put_entries(db, [catalog], logged=False)
+            if also is not None:
+                also(db)
 
     def _record(self, row: Any) -> ObjectRecord:
         oid, name, size, cls, added, key, local, total = row

@@ -235,6 +235,15 @@ class DeleteReceipts(Message):
 
 
 @dataclass(frozen=True)
+class BucketHeads(Message):
+    """Gossip: signed heads of bucket logs (`names/log.py`, 321 bytes each), at most
+    MAX_BUCKET_HEADS per message: a writer's new head, or every head kept, to a member that connects."""
+
+    TYPE: ClassVar[str] = "bucket_heads"
+    heads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class CatalogHeads(Message):
     """Gossip: per author, the last batch of its catalog log the sender holds (40 bytes each).
 
@@ -428,6 +437,7 @@ NOTICES = (
     CloudDoc,
     CatalogBatch,
     CatalogHeads,
+    BucketHeads,
     DeleteReceipts,
     Records,
     CircuitIncoming,
@@ -456,12 +466,15 @@ Notice = (
     | CloudDoc
     | CatalogBatch
     | CatalogHeads
+    | BucketHeads
     | DeleteReceipts
     | Records
     | CircuitIncoming
     | PunchGo
 )
 MAX_RECORDS = 32  # records per Records message
+MAX_BUCKET_HEADS = 128  # heads per BucketHeads message (41 KB)
+BUCKET_HEAD_SIZE = 321
 PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
 MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _ALL}
@@ -576,6 +589,10 @@ def _validate(msg: Message) -> None:
         raise ProtocolError("cloud_want: a 16-byte cloud ID and a version number from 1 to 2^62 - 1")
     if isinstance(msg, DeleteReceipts) and any(len(r) != 154 for r in msg.receipts):
         raise ProtocolError("delete_receipts: each receipt is 154 bytes")
+    if isinstance(msg, BucketHeads) and (
+        len(msg.heads) > MAX_BUCKET_HEADS or any(len(h) != BUCKET_HEAD_SIZE for h in msg.heads)
+    ):
+        raise ProtocolError(f"bucket_heads: at most {MAX_BUCKET_HEADS} heads of {BUCKET_HEAD_SIZE} bytes")
     if isinstance(msg, HaveQuery) and (not msg.objects or len(msg.objects) % 32):
         raise ProtocolError("have_query: objects are 32-byte IDs")
     if isinstance(msg, CatalogWant) and (len(msg.author) != 32 or msg.after >= 1 << 62):

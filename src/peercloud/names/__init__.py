@@ -1,0 +1,1 @@
+"""Names: buckets of keys that map to objects, kept in the cloud as writers' encrypted, signed logs."""
