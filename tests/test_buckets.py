@@ -98,13 +98,17 @@ def test_shared_bucket_converges_and_hides_names(
     assert heads >= 2 and SECRET.encode() not in stored and b"only-owner" not in stored
 
 
-def test_unshare_two_names_and_the_owner_lost(daemons: Start, make_file: Callable[..., Path], tmp_path: Path) -> None:
+def test_two_names_devices_delete_unshare_and_the_owner_lost(
+    daemons: Start, make_file: Callable[..., Path], tmp_path: Path
+) -> None:
     other, owner, laptop, reader = make_cloud(daemons, 4)
     other.cli("class", "add", "three", "--replicas", "3")
     owner.cli("bucket", "create", "docs", "--class", "three")
     f = make_file(200_000, "report.pdf", seed=4)
     added = owner.json("put", str(f), "docs/report.pdf")
     oid = added["object_id"]
+    notes = make_file(5000, "notes.txt", seed=6)
+    notes_oid = owner.json("put", str(notes), "docs/notes.txt")["object_id"]
     laptop.json("bucket", "import", owner.json("bucket", "share", "docs", "--write")["cap"], "--as", "docs")
     reader.json("bucket", "import", owner.json("bucket", "share", "docs")["cap"], "--as", "docs")
 
@@ -114,19 +118,30 @@ def test_unshare_two_names_and_the_owner_lost(daemons: Start, make_file: Callabl
     assert named.returncode != 0 and "named by" in named.stderr
     assert owner.json("rm", "docs/report.pdf")["objects_deleted"] == []
     assert catalog_has(owner, oid)
-    wait_for(lambda: set(keys(reader, "docs")) == {"alias.pdf"}, 30, "the reader to see the removal")
+    wait_for(lambda: set(keys(reader, "docs")) == {"alias.pdf", "notes.txt"}, 30, "the reader to see the removal")
     out = tmp_path / "alias.pdf"
     reader.cli("get", "docs/alias.pdf", "-o", str(out))
     assert out.read_bytes() == f.read_bytes()
 
-    # Unshare: the old caps see nothing written after it; a new share does.
+    # The owner's other device removes the last name of what the owner put: it signs the removal
+    # with the bucket's owner key, and the object is deleted everywhere.
+    wait_for(lambda: "alias.pdf" in keys(laptop, "docs"), 30, "the laptop to see the alias")
+    assert laptop.json("rm", "docs/alias.pdf")["objects_deleted"] == [oid]
+    wait_for(lambda: not catalog_has(owner, oid) and not catalog_has(other, oid), 30, "the object to be deleted")
+
+    # Unshare: the old caps see nothing written after it, and the old write cap can no longer
+    # delete what the bucket names (its objects moved to the new owner key); a new share works.
+    before = owners(owner, notes_oid)
     unshared = owner.json("bucket", "unshare", "docs")
     assert unshared["epoch"] == 2
     owner.json("put", str(make_file(1000, "new.txt", seed=5)), "docs/after.txt")
     wait_for(lambda: heads_of_epoch(other, 2) >= 1, 30, "members to hold the new epoch's head")
     assert "after.txt" not in keys(reader, "docs") and "after.txt" not in keys(laptop, "docs")
+    wait_for(lambda: owners(laptop, notes_oid) - before == owners(laptop, notes_oid) != set(), 30, "the new owner")
+    assert laptop.json("rm", "docs/notes.txt")["objects_deleted"] == []
+    assert catalog_has(other, notes_oid)
     laptop.json("bucket", "import", owner.json("bucket", "share", "docs", "--write")["cap"])
-    assert set(keys(laptop, "docs")) == {"alias.pdf", "after.txt"}
+    assert set(keys(laptop, "docs")) == {"notes.txt", "after.txt"}
 
     # The owner's node is lost entirely, once the cloud placed what it wrote (objects and index
     # batches): a new device imports from the laptop's cap and reads.
@@ -136,10 +151,26 @@ def test_unshare_two_names_and_the_owner_lost(daemons: Start, make_file: Callabl
     fresh = daemons("fresh")
     fresh.cli("cloud", "join", invite(other), "--offer", "10GiB")
     fresh.json("bucket", "import", laptop.json("bucket", "share", "docs", "--write")["cap"], "--as", "mine")
-    assert set(keys(fresh, "mine")) == {"alias.pdf", "after.txt"}
-    back = tmp_path / "again.pdf"
-    fresh.cli("get", "mine/alias.pdf", "-o", str(back))
-    assert back.read_bytes() == f.read_bytes()
+    assert set(keys(fresh, "mine")) == {"notes.txt", "after.txt"}
+    back = tmp_path / "again.txt"
+    fresh.cli("get", "mine/notes.txt", "-o", str(back))
+    assert back.read_bytes() == notes.read_bytes()
+
+
+def owners(d: Daemon, object_id: str) -> set[bytes]:
+    """Owner keys with a live put of the object, as a node's catalog entries say."""
+    db = sqlite3.connect(d.home / "index.sqlite")
+    try:
+        rows = db.execute(
+            "SELECT owner, kind, at FROM catalog_entries WHERE object_id = ? ORDER BY at",
+            (bytes.fromhex(object_id),),
+        ).fetchall()
+    finally:
+        db.close()
+    latest: dict[bytes, int] = {}
+    for owner, kind, _ in rows:
+        latest[bytes(owner)] = int(kind)
+    return {o for o, kind in latest.items() if kind == 1}
 
 
 def placed_without(owner: Daemon, other: Daemon) -> bool:

@@ -18,7 +18,7 @@ from peercloud.cloud.document import Invite
 from peercloud.errors import FormatError, RefusedError
 from peercloud.identity import Identity, PeerId
 from peercloud.net.link import PeerLink
-from peercloud.store.catalogtables import LEGACY_ENTRIES
+from peercloud.store.catalogtables import LEGACY_OWNER
 from peercloud.store.index import Index, OwnedEntry
 from peercloud.wire import messages as m
 
@@ -131,7 +131,11 @@ def test_owners_keep_their_own_entries_and_the_strongest_class_counts(tmp_path: 
     old = os.urandom(32)
     with index.transaction() as db:
         db.execute("INSERT INTO catalog VALUES (?, 'replica-3', 1, 1, 1, 5000, 1.0)", (old,))
-        db.execute(LEGACY_ENTRIES.strip().rstrip(";"))
+        db.execute(  # as the migrations to versions 7 and 10 make them
+            """INSERT INTO catalog_entries (object_id, owner, author, kind, class, total_blocks, k, n, size, at, rank)
+               SELECT object_id, ?, ?, 1, class, total_blocks, k, n, size, added_at, 1000000 FROM catalog""",
+            (LEGACY_OWNER, LEGACY_OWNER),
+        )
     index.append_batch(liar, 2, b"u", [entry(liar, put(old, "replica-1", at=2.0))])
     index.append_batch(liar, 3, b"s", [entry(liar, Op(REMOVE, old, 2.5))])
     assert index.catalog(old)[0].storage_class == "replica-3"

@@ -12,6 +12,7 @@ admin's `erase` ends every owner's entry made before it: the object is deleted o
 Pure functions, no I/O; `node/catalog.py` syncs the logs and `store/catalogtables.py` keeps them.
 """
 
+import dataclasses
 import math
 import struct
 from collections.abc import Iterable, Mapping
@@ -37,10 +38,13 @@ NO_PREV = bytes(32)  # the `prev` of an author's first batch
 DELETE_EXPIRY = 3600.0  # a removal or erase signed longer than this after it was made is refused
 MAX_CLASS_NAME = 32
 _SIGN_CONTEXT = b"peercloud catalog batch v1\x00"
+_GRANT_CONTEXT = b"peercloud catalog grant v1\x00"
 _HEADER = struct.Struct(">B16s32sQ32sdI32s")  # version, cloud, author, seq, prev, time, count, root
+_FOR = struct.Struct(">32s64s")  # version 2: the owner the entries are for, and its grant to the author
 _SIGNATURE = 64
 _OP = struct.Struct(">B32sdIHHQB")  # kind, object, time, total blocks, k, n, size, class length
 VERSION = 1
+FOR_OWNER = 2  # a batch of entries for an owner key other than its author's (with the owner's grant)
 
 
 def shape_problem(total: int, k: int, n: int, size: int) -> str | None:
@@ -101,6 +105,12 @@ def digest(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
+def grant(owner: Identity, cloud_id: bytes, author: bytes) -> bytes:
+    """An owner key lets a member write its entries (a bucket's owner key, held by each device
+    that writes to the bucket, lets every one of them remove what another put)."""
+    return owner.sign(_GRANT_CONTEXT + cloud_id + author)
+
+
 def peek(data: bytes) -> tuple[bytes, int]:
     """(author, seq) of a batch, read before anything is verified: a replay or a batch a pull
     will bring anyway is dropped without the cost of its checks."""
@@ -124,23 +134,44 @@ class Batch:
     ops: tuple[Op, ...]
     root: bytes
     signature: bytes
+    owner: bytes = b""  # the owner its entries are for, when not its author (with `grant`)
+    grant: bytes = b""
+
+    @property
+    def owner_key(self) -> bytes:
+        """Whose entries these are."""
+        return self.owner or self.author.public_key
 
     @classmethod
-    def sign(cls, identity: Identity, cloud_id: bytes, seq: int, prev: bytes, at: float, ops: Iterable[Op]) -> "Batch":
-        """Sign the next batch of this node's own log."""
+    def sign(
+        cls,
+        identity: Identity,
+        cloud_id: bytes,
+        seq: int,
+        prev: bytes,
+        at: float,
+        ops: Iterable[Op],
+        owner: bytes = b"",
+        owner_grant: bytes = b"",
+    ) -> "Batch":
+        """Sign the next batch of this node's own log (for another owner key: with its grant)."""
         ops = tuple(ops)
         if not 1 <= len(ops) <= MAX_OPS:
             raise ValueError(f"a batch holds 1..{MAX_OPS} entries")
         root = merkle.tree_root([op.encode() for op in ops])
-        header = _HEADER.pack(VERSION, cloud_id, identity.peer_id.public_key, seq, prev, at, len(ops), root)
-        return cls(cloud_id, identity.peer_id, seq, prev, at, ops, root, identity.sign(_SIGN_CONTEXT + header))
+        unsigned = cls(cloud_id, identity.peer_id, seq, prev, at, ops, root, b"", owner, owner_grant)
+        return dataclasses.replace(unsigned, signature=identity.sign(_SIGN_CONTEXT + unsigned._header()))
+
+    def _header(self) -> bytes:
+        version = FOR_OWNER if self.owner else VERSION
+        header = _HEADER.pack(
+            version, self.cloud_id, self.author.public_key, self.seq, self.prev, self.at, len(self.ops), self.root
+        )
+        return header + _FOR.pack(self.owner, self.grant) if self.owner else header
 
     def encode(self) -> bytes:
         """The batch as it is stored and travels."""
-        header = _HEADER.pack(
-            VERSION, self.cloud_id, self.author.public_key, self.seq, self.prev, self.at, len(self.ops), self.root
-        )
-        return header + self.signature + b"".join(op.encode() for op in self.ops)
+        return self._header() + self.signature + b"".join(op.encode() for op in self.ops)
 
     @classmethod
     def decode(cls, data: bytes) -> "Batch":
@@ -149,10 +180,20 @@ class Batch:
         if len(data) < _HEADER.size + _SIGNATURE:
             raise FormatError("catalog batch: truncated header")
         version, cloud, author, seq, prev, at, count, root = _HEADER.unpack_from(data)
-        if version != VERSION or not 1 <= count <= MAX_OPS or not 1 <= seq < 1 << 62 or not math.isfinite(at):
+        if version not in (VERSION, FOR_OWNER) or not 1 <= count <= MAX_OPS or not 1 <= seq < 1 << 62:
             raise FormatError("catalog batch: malformed header")
-        signature = data[_HEADER.size : _HEADER.size + _SIGNATURE]
-        pos, view, ops, leaves = _HEADER.size + _SIGNATURE, memoryview(data), [], []
+        if not math.isfinite(at):
+            raise FormatError("catalog batch: malformed header")
+        header_size, owner, owner_grant = _HEADER.size, b"", b""
+        if version == FOR_OWNER:
+            if len(data) < _HEADER.size + _FOR.size + _SIGNATURE:
+                raise FormatError("catalog batch: truncated header")
+            owner, owner_grant = _FOR.unpack_from(data, _HEADER.size)
+            header_size += _FOR.size
+            if owner == author:
+                raise FormatError("catalog batch: an author's own entries need no grant")
+        signature = data[header_size : header_size + _SIGNATURE]
+        pos, view, ops, leaves = header_size + _SIGNATURE, memoryview(data), [], []
         for _ in range(count):
             if len(view) - pos < _OP.size:
                 raise FormatError("catalog batch: truncated entry")
@@ -172,9 +213,11 @@ class Batch:
         if merkle.tree_root(leaves) != root:
             raise FormatError("catalog batch: entries do not match their root")
         peer = PeerId(author)
-        if not peer.verify(signature, _SIGN_CONTEXT + data[: _HEADER.size]):
+        if not peer.verify(signature, _SIGN_CONTEXT + data[:header_size]):
             raise FormatError("catalog batch signature does not match: it was forged or altered")
-        return cls(cloud, peer, seq, prev, at, tuple(ops), root, signature)
+        if owner and not PeerId(owner).verify(owner_grant, _GRANT_CONTEXT + cloud + author):
+            raise FormatError("catalog batch: its owner never let its author write for it")
+        return cls(cloud, peer, seq, prev, at, tuple(ops), root, signature, owner, owner_grant)
 
     def check(
         self, cloud_id: bytes, members: Iterable[PeerId], head: int, head_digest: bytes, logged: int, now: float
@@ -198,6 +241,7 @@ class Batch:
         for op in self.ops:
             problem = (
                 op.problem()
+                or ("an erase is an admin's own entry" if self.owner and op.kind == ERASE else None)
                 or ("entry dated in the future" if op.at > now + FUTURE_SLACK or self.at > now + FUTURE_SLACK else None)
                 or ("delete expired" if op.kind in (REMOVE, ERASE) and self.at - op.at > DELETE_EXPIRY else None)
             )
@@ -220,9 +264,10 @@ def coded_as(cls: StorageClass | None, k: int, n: int) -> bool:
     return cls is None or (cls.coding.k, cls.coding.n) == (k, n)
 
 
-def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass]) -> OwnedEntry:
-    """An owner's entry as the index keeps it, ranked by the classes we know; a put whose class
-    codes objects otherwise than its shape says never counts."""
+def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass], author: bytes = b"") -> OwnedEntry:
+    """An owner's entry as the index keeps it (written by `author`, the owner itself when
+    empty), ranked by the classes we know; a put whose class codes objects otherwise than its
+    shape says never counts."""
     cls = classes.get(op.storage_class)
     return OwnedEntry(
         op.object_id,
@@ -236,6 +281,7 @@ def owned(op: Op, owner: bytes, classes: Mapping[str, StorageClass]) -> OwnedEnt
         op.at,
         rank(cls) if op.kind == PUT else 0,
         bad=op.kind == PUT and not coded_as(cls, op.k, op.n),
+        author=author if author != owner else b"",
     )
 
 

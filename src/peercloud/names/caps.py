@@ -76,6 +76,13 @@ class BucketCap:
         return Identity(Ed25519PrivateKey.from_private_bytes(self.owner_seed))
 
     @property
+    def owner_pair(self) -> tuple[bytes, bytes] | None:
+        """(public key, seed) of the owner key, for a write cap."""
+        if self.owner_seed is None:
+            return None
+        return public_of(self.owner_seed), self.owner_seed
+
+    @property
     def signing(self) -> Identity:
         """The key that certifies writers (write caps only)."""
         if self.sign_seed is None:

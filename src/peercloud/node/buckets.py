@@ -16,17 +16,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from peercloud.cloud import catalog
 from peercloud.content.caps import ReadCap
 from peercloud.errors import NotFoundError, PeercloudError, RefusedError, UsageError
+from peercloud.identity import Identity
 from peercloud.names.caps import BucketCap, check_key, check_name
 from peercloud.node.bucketsync import BucketSync
+from peercloud.node.catalog import CatalogSync
 from peercloud.node.deletion import Deletions
 from peercloud.node.ingest import AddResult
 from peercloud.node.local import LocalNode
 from peercloud.node.membership import Membership
 from peercloud.store.buckettables import upper_bound
-from peercloud.store.index import KeyRow, ObjectRecord
+from peercloud.store.index import KeyRow, ObjectRecord, OwnedEntry
 
 Progress = Callable[[int], None]
 LIST_PAGE = 1000
@@ -39,6 +43,7 @@ class Service(Protocol):
     node: LocalNode
     membership: Membership
     deletions: Deletions
+    catalog: CatalogSync
 
     async def add(
         self,
@@ -47,8 +52,9 @@ class Service(Protocol):
         convergent: bool,
         progress: Progress | None,
         also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
+        owner: bytes | None = None,
     ) -> AddResult:
-        """Add a file to the cloud, with more written in its transaction."""
+        """Add a file to the cloud, with more written in its transaction, owned by `owner`."""
         ...
 
     async def get(self, text: str, out: Path, progress: Progress | None) -> tuple[Path, Any]:
@@ -133,7 +139,7 @@ class Buckets:
         if class_name not in doc.class_map:
             raise UsageError(f"no class {class_name!r} in this cloud (`peercloud class ls`)")
         cap = BucketCap.new(class_name)
-        self.index.save_bucket(cap.bucket_id, name, str(cap), time.time())
+        self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), owner=cap.owner_pair)
         return self.describe(cap.bucket_id, name, cap)
 
     def share(self, name: str, write: bool) -> str:
@@ -157,7 +163,7 @@ class Buckets:
         if any(alias == name and bid != cap.bucket_id for bid, (alias, _) in self.sync.caps().items()):
             raise RefusedError(f"a bucket named {name!r} exists here already: give another with --as")
         newer_epoch = known is not None and cap.epoch > known[1].epoch
-        self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), reset=newer_epoch)
+        self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), reset=newer_epoch, owner=cap.owner_pair)
         self.sync.read_soon(cap.bucket_id)
         async with asyncio.timeout(IMPORT_WAIT):
             await self.sync.caught_up(cap.bucket_id)
@@ -170,9 +176,30 @@ class Buckets:
         bid, cap = self._writable(name)
         async with self.sync.lock(bid):
             new = BucketCap.new(cap.storage_class, bid, cap.epoch + 1)
-            await asyncio.to_thread(self.index.rekey_bucket, bid, str(new), self.me)
+            pair = new.owner_pair
+            assert pair is not None
+            entries = await asyncio.to_thread(self._reown, bid, pair[0])
+            await asyncio.to_thread(self.index.rekey_bucket, bid, str(new), self.me, pair, entries)
         await self.sync.flush(bid)
+        self.service.catalog.flush_soon()
         return self.describe(bid, name, new)
+
+    def _reown(self, bucket_id: bytes, new_owner: bytes) -> list[OwnedEntry]:
+        """Catalog entries that move the objects a bucket names from the owner keys this node
+        holds to the new epoch's: a removed cap's owner key can then delete nothing of them."""
+        doc = self.service.membership.doc
+        if doc is None:
+            return []
+        keys, now, out = set(self.index.owner_seeds()), time.time(), []
+        for oid in self.index.bucket_objects(bucket_id):
+            for e in self.index.owned_entries(oid):
+                if e.owner in keys and e.owner != new_owner and e.kind == catalog.PUT:
+                    at = max(now, e.at + 0.001)
+                    put = catalog.Op(catalog.PUT, oid, at, e.storage_class, e.total_blocks, e.k, e.n, e.size)
+                    out.append(catalog.owned(put, new_owner, doc.class_map, self.me))
+                    out.append(catalog.owned(catalog.Op(catalog.REMOVE, oid, at), e.owner, doc.class_map, self.me))
+                    break
+        return out
 
     async def remove_bucket(self, name: str, force: bool) -> dict[str, Any]:
         """Forget a bucket here; a writer's `--force` first removes every key (deleting what this
@@ -247,7 +274,9 @@ class Buckets:
             )
             self.index.put_names(db, [row])
 
-        result = await self.service.add(path, cap.storage_class, False, progress, also=name_it)
+        owner = cap.owner_pair
+        assert owner is not None
+        result = await self.service.add(path, cap.storage_class, False, progress, also=name_it, owner=owner[0])
         self.sync.flush_soon(bid)
         if old is not None and not old.removed and old.object_id != result.manifest.object_id:
             await self._release({old.object_id})
@@ -431,7 +460,8 @@ class Buckets:
         return deleted
 
     async def _delete_owned(self, object_id: bytes) -> bool:
-        owned = any(e.owner == self.me and e.kind == catalog.PUT for e in self.index.owned_entries(object_id))
+        keys = {self.me} | set(self.index.owner_seeds())
+        owned = any(e.owner in keys and e.kind == catalog.PUT for e in self.index.owned_entries(object_id))
         if not owned or not self.index.catalog(object_id):
             return False
         try:
@@ -443,6 +473,12 @@ class Buckets:
     def on_unnamed(self, objects: set[bytes]) -> None:
         """Another writer's removal left objects without a name: ours among them are deleted."""
         asyncio.get_running_loop().create_task(self._release(objects))
+
+    def owner_keys(self) -> dict[bytes, Identity]:
+        """The owner keys of the buckets this node wrote to (every epoch's), to sign for."""
+        return {
+            pub: Identity(Ed25519PrivateKey.from_private_bytes(seed)) for pub, seed in self.index.owner_seeds().items()
+        }
 
     def check_unnamed(self, object_id: bytes) -> None:
         """`rm OBJ` is refused while a bucket this node reads names the object."""

@@ -14,6 +14,7 @@ dropped for that.
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +74,8 @@ class CatalogSync:
         self.on_changed: Callable[[set[bytes]], None] = lambda _: None
         self.on_logged: Callable[[list[bytes]], None] = lambda _: None
         self.on_gone: Callable[[list[bytes]], None] = lambda _: None
+        # Owner keys other than ours this node writes entries for (buckets' owner keys).
+        self.owners: Callable[[], dict[bytes, Identity]] = dict
         self.load()
 
     def load(self) -> None:
@@ -91,9 +94,29 @@ class CatalogSync:
         doc = self.membership.doc
         while doc is not None and (entries := self.index.unlogged(self.me, catalog.MAX_OPS)):
             entries = self._redate(doc, entries)
+            # One owner per batch: the first run of `unlogged`'s order (puts before removals, so
+            # an object moving to another owner key is never left without one in between).
+            owner = entries[0].owner
+            entries = list(itertools.takewhile(lambda e: e.owner == owner, entries))
+            grant = b""
+            if owner != self.me:
+                key = self.owners().get(owner)
+                if key is None:
+                    log.warning("catalog: entries for owner %s left unsigned: its key is gone", owner.hex()[:12])
+                    return
+                grant = catalog.grant(key, doc.cloud_id, self.me)
             head = self.heads.get(self.me, NO_HEAD)  # only this task writes our log
             ops = [catalog.op_of(e) for e in entries]
-            data = catalog.Batch.sign(self.identity, doc.cloud_id, head.seq + 1, head.digest, time.time(), ops).encode()
+            data = catalog.Batch.sign(
+                self.identity,
+                doc.cloud_id,
+                head.seq + 1,
+                head.digest,
+                time.time(),
+                ops,
+                owner if grant else b"",
+                grant,
+            ).encode()
             await asyncio.to_thread(self.index.log_own, self.me, head.seq + 1, data, entries)
             self.heads[self.me] = Head(head.seq + 1, head.logged + len(entries), catalog.digest(data))
             notice = m.CatalogBatch(data)
@@ -111,7 +134,7 @@ class CatalogSync:
             return entries
         fresh = [dataclasses.replace(e, at=now) for e in stale]
         admin = doc.is_admin(self.identity.peer_id)
-        erasures = [(e.object_id, now) for e in fresh if e.kind == catalog.ERASE and admin]
+        erasures = [(e.object_id, now) for e in fresh if e.kind == catalog.ERASE and admin and e.owner == self.me]
         self._gone(self.index.put_own(fresh, erasures))
         return self.index.unlogged(self.me, catalog.MAX_OPS)
 
@@ -245,8 +268,8 @@ class CatalogSync:
         author = batch.author.public_key
         batch.check(doc.cloud_id, [x.peer_id for x in doc.members], head.seq, head.digest, head.logged, time.time())
         erasures = [(op.object_id, op.at) for op in batch.ops if op.kind == catalog.ERASE]
-        entries = [catalog.owned(op, author, doc.class_map) for op in batch.ops]
-        return entries, erasures if doc.is_admin(batch.author) else []
+        entries = [catalog.owned(op, batch.owner_key, doc.class_map, author) for op in batch.ops]
+        return entries, erasures if doc.is_admin(batch.author) and not batch.owner else []
 
     def _gone(self, gone: set[bytes]) -> None:
         if gone:

@@ -73,6 +73,8 @@ class Deletions:
         self._resumed = False  # deletes a crash interrupted are finished at the first member link
         self._queue: dict[bytes, None] = {}  # objects to delete here, in order, by one worker
         self._worker: asyncio.Task[None] | None = None
+        # Owner keys other than ours this node removes entries for (buckets' owner keys).
+        self.owner_keys: Callable[[], set[bytes]] = set
 
     # -- issuing a delete
 
@@ -86,13 +88,14 @@ class Deletions:
         if not self.index.catalog(object_id):
             raise NotFoundError(f"object {object_id.hex()[:12]} is not in the cloud's catalog (deleted already?)")
         puts = [e for e in self.index.owned_entries(object_id) if e.kind == catalog.PUT]
-        mine = any(e.owner == self.me.public_key for e in puts)
+        keys = {self.me.public_key} | self.owner_keys()
+        mine = {e.owner for e in puts if e.owner in keys}  # the owners we remove the object for
         admin = doc.is_admin(self.me)
         if not mine and (not admin or own_only):
             raise RefusedError(
                 f"object {object_id.hex()[:12]} is not yours: only its owners or an admin of the cloud can delete it"
             )
-        others = len({e.owner for e in puts} - {self.me.public_key})
+        others = len({e.owner for e in puts} - keys)
         now = max([time.time(), *(e.at + 0.001 for e in puts)])  # after every entry it ends
         holders, outsiders = self._copies(object_id, {x.peer_id for x in doc.members})
         try:
@@ -104,9 +107,13 @@ class Deletions:
             self.index.add_deletion(object_id, now, holders, outsiders, raw, 0)
         else:
             self.index.add_deletion(object_id, now, [], [], None, others)  # the object stays theirs
-        op = catalog.Op(catalog.ERASE if outright else catalog.REMOVE, object_id, now)
-        entry = catalog.owned(op, self.me.public_key, doc.class_map)
-        gone = self.index.put_own([entry], erasures=[(object_id, now)] if outright else [])
+        me = self.me.public_key
+        if outright:
+            entries = [catalog.owned(catalog.Op(catalog.ERASE, object_id, now), me, doc.class_map)]
+        else:
+            op = catalog.Op(catalog.REMOVE, object_id, now)
+            entries = [catalog.owned(op, owner, doc.class_map, me) for owner in sorted(mine)]
+        gone = self.index.put_own(entries, erasures=[(object_id, now)] if outright else [])
         self.catalog.flush_soon()
         self.on_gone(sorted(gone))
         await self._wait_for_online(object_id, holders)
@@ -176,12 +183,12 @@ class Deletions:
         """An admin erased an object we own: our log says so too, so the delete outlives the
         admin's log (a removed admin's goes)."""
         doc = self.membership.doc
-        own = [
-            e for e in self.index.owned_entries(object_id) if e.owner == self.me.public_key and e.kind == catalog.PUT
-        ]
+        keys, me = {self.me.public_key} | self.owner_keys(), self.me.public_key
+        own = [e for e in self.index.owned_entries(object_id) if e.owner in keys and e.kind == catalog.PUT]
         if own and doc is not None:
-            op = catalog.Op(catalog.REMOVE, object_id, max(time.time(), own[0].at + 0.001))
-            self.index.put_own([catalog.owned(op, self.me.public_key, doc.class_map)])
+            at = max(time.time(), *(e.at + 0.001 for e in own))
+            op = catalog.Op(catalog.REMOVE, object_id, at)
+            self.index.put_own([catalog.owned(op, e.owner, doc.class_map, me) for e in own])
             self.catalog.flush_soon()
 
     async def _delete_here(self, object_id: bytes) -> None:

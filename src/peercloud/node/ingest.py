@@ -62,13 +62,15 @@ def add_file(
     convergence_secret: bytes | None = None,
     progress: Progress | None = None,
     owner: bytes | None = None,
+    author: bytes = b"",
     also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
 ) -> AddResult:
     """Store the file at `path` as a new object of class `cls` on this node.
 
-    `owner` (this node's public key): the object joins this node's cloud (its catalog entry,
-    owned by this node, and holds) instead of being pinned. `also` writes more in the
-    transaction that records the object (a bucket's name for it: named if and only if added).
+    `owner` (this node's public key, or an owner key it writes for as `author`): the object
+    joins this node's cloud (its catalog entry, owned by `owner`, and holds) instead of being
+    pinned. `also` writes more in the transaction that records the object (a bucket's name for
+    it: named if and only if added).
     """
     try:
         size = path.stat().st_size
@@ -128,7 +130,7 @@ def add_file(
         if owner is not None:
             k, n, total = cls.coding.k, cls.coding.n, len(manifest.blocks())
             op = catalog.Op(catalog.PUT, manifest.object_id, record.added_at, cls.name, total, k, n, read)
-            entry = catalog.owned(op, owner, {cls.name: cls})
+            entry = catalog.owned(op, owner, {cls.name: cls}, author)
         store.index.add_object(
             record, blocks, pin=owner is None, catalog=entry, also=(lambda db: also(db, record)) if also else None
         )

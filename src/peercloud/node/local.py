@@ -59,9 +59,11 @@ class LocalNode:
         progress: ingest.Progress | None = None,
         classes: dict[str, StorageClass] | None = None,
         also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
+        owner: bytes | None = None,
     ) -> ingest.AddResult:
         """Store a file as a new object in the given (or default) class; with `classes` (a cloud's),
-        the object becomes the cloud's to place."""
+        the object becomes the cloud's to place, owned by this node (or by `owner`, a key it
+        writes entries for)."""
         cls = lookup(class_name or self.config.default_class, classes)
         secret = self.home.secret_path.read_bytes() if convergent else None
         return ingest.add_file(
@@ -72,7 +74,8 @@ class LocalNode:
             workers=self.workers,
             convergence_secret=secret,
             progress=progress,
-            owner=self.identity.peer_id.public_key if classes is not None else None,
+            owner=(owner or self.identity.peer_id.public_key) if classes is not None else None,
+            author=self.identity.peer_id.public_key if owner else b"",
             also=also,
         )
 

@@ -137,6 +137,8 @@ class NodeService:
         self.bucket_sync = BucketSync(node.identity, node.index, self, node.home.path / "scratch")
         self.buckets = Buckets(self, self.bucket_sync)
         self.bucket_sync.on_unnamed = self.buckets.on_unnamed
+        self.catalog.owners = self.buckets.owner_keys
+        self.deletions.owner_keys = lambda: set(node.index.owner_seeds())
         self._serve_blocks = block_server(node.store, self.deletions.on_served)
         # Held only while in use: a lock nobody holds or waits for goes, so deletes and pulls of
         # millions of objects leave no lock behind.
@@ -265,9 +267,11 @@ class NodeService:
         convergent: bool,
         progress: Progress | None,
         also: Callable[[sqlite3.Connection, ObjectRecord], None] | None = None,
+        owner: bytes | None = None,
     ) -> ingest.AddResult:
         """Add a file, then tell connected peers we hold it; in a cloud, placement takes over.
-        `also` writes more in the add's transaction (a bucket's name for the object)."""
+        `also` writes more in the add's transaction (a bucket's name for the object); `owner`
+        owns it in the catalog instead of this node (a bucket's owner key)."""
         doc = self.membership.doc
         result = await asyncio.to_thread(
             self.node.add,
@@ -277,6 +281,7 @@ class NodeService:
             progress=progress,
             classes=doc.class_map if doc else None,
             also=also,
+            owner=owner,
         )
         manifest = result.manifest
         if self.node.index.catalog(manifest.object_id):  # in a cloud: placement takes over

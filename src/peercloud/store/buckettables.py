@@ -6,7 +6,9 @@ member whether it can read the bucket or not (heads show IDs only). `bucket_logs
 node has read each writer's log (its last batch's read cap), its own log included.
 `bucket_keys`: the merged index of the buckets it reads, one row per key, the winning entry
 (`names/log.py`), tombstones included; `pending` marks this node's own entries not yet in a
-batch. `bucket_batches`: the batch objects of this node's own logs.
+batch. `bucket_batches`: the batch objects of this node's own logs. `bucket_owners`: every owner key
+this node held (a write cap's), kept after an unshare replaced it: what was put under it stays
+this node's to delete.
 """
 
 import sqlite3
@@ -16,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from peercloud.store.catalogtables import put_entries
 from peercloud.store.db import Database, placeholders
 
 SCHEMA_V9 = """
@@ -60,6 +63,11 @@ CREATE TABLE bucket_keys (
 ) WITHOUT ROWID;
 CREATE INDEX bucket_keys_object ON bucket_keys(object_id) WHERE removed = 0;
 CREATE INDEX bucket_keys_pending ON bucket_keys(bucket_id) WHERE pending = 1;
+CREATE TABLE bucket_owners (
+    owner BLOB PRIMARY KEY,
+    seed BLOB NOT NULL,
+    bucket_id BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE bucket_batches (
     object_id BLOB PRIMARY KEY,
     bucket_id BLOB NOT NULL
@@ -155,10 +163,24 @@ class BucketTables(Database):
         rows = self._query("SELECT bucket_id, name, cap, created_at FROM buckets ORDER BY name")
         return [(bytes(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
 
-    def save_bucket(self, bucket_id: bytes, name: str, cap: str, created_at: float, reset: bool = False) -> None:
-        """Remember a bucket under an alias (a new epoch's cap replaces the old one); `reset`
-        forgets what was read of it (a newer epoch is read from its start)."""
+    def save_bucket(
+        self,
+        bucket_id: bytes,
+        name: str,
+        cap: str,
+        created_at: float,
+        reset: bool = False,
+        owner: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """Remember a bucket under an alias (a new epoch's cap replaces the old one) and a write
+        cap's owner key (public, seed); `reset` forgets what was read of it (a newer epoch is
+        read from its start)."""
         with self.transaction() as db:
+            if owner is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO bucket_owners (owner, seed, bucket_id) VALUES (?, ?, ?)",
+                    (*owner, bucket_id),
+                )
             db.execute(
                 """INSERT INTO buckets (bucket_id, name, cap, created_at) VALUES (?, ?, ?, ?)
                    ON CONFLICT (bucket_id) DO UPDATE SET name = excluded.name, cap = excluded.cap""",
@@ -168,10 +190,21 @@ class BucketTables(Database):
                 db.execute("DELETE FROM bucket_keys WHERE bucket_id = ?", (bucket_id,))
                 db.execute("DELETE FROM bucket_logs WHERE bucket_id = ?", (bucket_id,))
 
-    def rekey_bucket(self, bucket_id: bytes, cap: str, writer: bytes) -> None:
-        """A new epoch of a bucket we write: its cap, and every live key written again into our
-        log under it (readers of the new epoch start from nothing)."""
+    def owner_seeds(self) -> dict[bytes, bytes]:
+        """Every owner key this node held: public -> seed."""
+        return {bytes(r[0]): bytes(r[1]) for r in self._query("SELECT owner, seed FROM bucket_owners")}
+
+    def rekey_bucket(
+        self, bucket_id: bytes, cap: str, writer: bytes, owner: tuple[bytes, bytes], entries: list[Any]
+    ) -> None:
+        """A new epoch of a bucket we write: its cap and owner key, every live key written again
+        into our log under it (readers of the new epoch start from nothing), and its objects'
+        catalog entries moved to the new owner key (`entries`), in one transaction."""
         with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO bucket_owners (owner, seed, bucket_id) VALUES (?, ?, ?)", (*owner, bucket_id)
+            )
+            put_entries(db, entries, logged=False)
             db.execute("UPDATE buckets SET cap = ? WHERE bucket_id = ?", (cap, bucket_id))
             db.execute(
                 "UPDATE bucket_keys SET pending = 1, writer = ? WHERE bucket_id = ? AND removed = 0",
@@ -347,6 +380,13 @@ class BucketTables(Database):
             (bucket_id,),
         )[0]
         return int(row[0]), int(row[1])
+
+    def bucket_objects(self, bucket_id: bytes) -> list[bytes]:
+        """Objects the live keys of a bucket name."""
+        rows = self._query(
+            "SELECT DISTINCT object_id FROM bucket_keys WHERE bucket_id = ? AND removed = 0", (bucket_id,)
+        )
+        return [bytes(r[0]) for r in rows]
 
     def names_of(self, object_id: bytes) -> list[tuple[bytes, str]]:
         """(bucket, key) of every live name of an object in the buckets read here."""

@@ -60,6 +60,41 @@ CREATE TABLE catalog_log (
 )
 
 
+# Version 10: an entry also names its author. An owner key may be shared by several members (the
+# owner key of a bucket, held by every device that writes to it): each writes that owner's entries
+# in its own log, and the owner's latest entry (by time, then author) is the one that counts. A
+# departed member's rows go with its log, whoever they were for.
+SCHEMA_V10 = """
+CREATE TABLE catalog_entries_v10 (
+    object_id BLOB NOT NULL,
+    owner BLOB NOT NULL,
+    author BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    class TEXT NOT NULL,
+    total_blocks INTEGER NOT NULL,
+    k INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    at REAL NOT NULL,
+    rank INTEGER NOT NULL,
+    logged INTEGER NOT NULL DEFAULT 1,
+    bad INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (object_id, owner, author)
+) WITHOUT ROWID;
+INSERT INTO catalog_entries_v10
+    SELECT object_id, owner, owner, kind, class, total_blocks, k, n, size, at, rank, logged, bad FROM catalog_entries;
+DROP TABLE catalog_entries;
+ALTER TABLE catalog_entries_v10 RENAME TO catalog_entries;
+CREATE INDEX catalog_entries_unlogged ON catalog_entries(author) WHERE logged = 0;
+CREATE INDEX catalog_entries_author ON catalog_entries(author);
+"""
+# The latest entry of each (object, owner) among its authors' (a view over the rows of the
+# objects in temp.touched, or of one object).
+_LATEST = """SELECT * FROM (
+    SELECT e.*, ROW_NUMBER() OVER (PARTITION BY e.object_id, e.owner ORDER BY e.at DESC, e.author DESC) AS latest
+    FROM catalog_entries e {where}) WHERE latest = 1"""
+
+
 @dataclass(frozen=True)
 class CatalogEntry:
     """An object of the cloud: its class and shape, known to every member."""
@@ -88,6 +123,7 @@ class OwnedEntry:
     at: float
     rank: int
     bad: bool = False  # counts for nothing: its class codes otherwise, or its manifest belied it
+    author: bytes = b""  # the member whose log carries it (b"": the owner itself)
 
 
 def _entry(r: Any) -> CatalogEntry:
@@ -110,9 +146,25 @@ def _erasures(db: sqlite3.Connection, admins: set[bytes]) -> set[bytes]:
     return derive(db, {o for o in before.keys() | after.keys() if before.get(o) != after.get(o)})
 
 
+_OWNED = "object_id, owner, kind, class, total_blocks, k, n, size, at, rank, author"
+
+
 def _owned(r: Any) -> OwnedEntry:
     t, k, n, size = (int(x) for x in r[4:8])
-    return OwnedEntry(bytes(r[0]), bytes(r[1]), int(r[2]), str(r[3]), t, k, n, size, float(r[8]), int(r[9]))
+    owner, author = bytes(r[1]), bytes(r[10])
+    return OwnedEntry(
+        bytes(r[0]),
+        owner,
+        int(r[2]),
+        str(r[3]),
+        t,
+        k,
+        n,
+        size,
+        float(r[8]),
+        int(r[9]),
+        author=author * (author != owner),
+    )
 
 
 def put_entries(
@@ -128,13 +180,28 @@ def put_entries(
         erasures,
     )
     rows = [
-        (e.object_id, e.owner, e.kind, e.storage_class, e.total_blocks, e.k, e.n, e.size, e.at, e.rank, logged, e.bad)
+        (
+            e.object_id,
+            e.owner,
+            e.author or e.owner,
+            e.kind,
+            e.storage_class,
+            e.total_blocks,
+            e.k,
+            e.n,
+            e.size,
+            e.at,
+            e.rank,
+            logged,
+            e.bad,
+        )
         for e in entries
     ]
     db.executemany(
-        """INSERT INTO catalog_entries (object_id, owner, kind, class, total_blocks, k, n, size, at, rank, logged, bad)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-           ON CONFLICT (object_id, owner) DO UPDATE SET kind = excluded.kind, class = excluded.class,
+        """INSERT INTO catalog_entries
+             (object_id, owner, author, kind, class, total_blocks, k, n, size, at, rank, logged, bad)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           ON CONFLICT (object_id, owner, author) DO UPDATE SET kind = excluded.kind, class = excluded.class,
              total_blocks = excluded.total_blocks, k = excluded.k, n = excluded.n, size = excluded.size,
              at = excluded.at, rank = excluded.rank, logged = excluded.logged, bad = excluded.bad""",
         rows,
@@ -144,8 +211,8 @@ def put_entries(
 
 def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> set[bytes]:
     """Re-derive the catalog rows of these objects from their live entries (in a transaction):
-    the strongest class among live puts (ties to the lower owner key), the earliest add.
-    Returns the objects that left."""
+    each owner's latest entry counts; the strongest class among live puts (ties to the lower
+    owner key), the earliest add. Returns the objects that left."""
     db.execute("CREATE TEMP TABLE IF NOT EXISTS touched (id BLOB PRIMARY KEY) WITHOUT ROWID")
     db.execute("DELETE FROM temp.touched")
     db.executemany("INSERT OR IGNORE INTO temp.touched (id) VALUES (?)", [(o,) for o in objects])
@@ -158,7 +225,7 @@ def derive(db: sqlite3.Connection, objects: Iterable[bytes]) -> set[bytes]:
             SELECT object_id, class, total_blocks, k, n, size, first FROM (
                 SELECT e.*, MIN(e.at) OVER (PARTITION BY e.object_id) AS first,
                        ROW_NUMBER() OVER (PARTITION BY e.object_id ORDER BY e.rank DESC, e.owner) AS place
-                FROM catalog_entries e JOIN temp.touched t ON t.id = e.object_id
+                FROM ({_LATEST.format(where="JOIN temp.touched t ON t.id = e.object_id")}) e
                 WHERE e.kind = {PUT} AND e.bad = 0
                   AND e.at > COALESCE((SELECT x.at FROM catalog_erasures x WHERE x.object_id = e.object_id), -1)
             ) WHERE place = 1"""
@@ -228,27 +295,29 @@ class CatalogTables(Database):
             entries = [e for _, _, es, _ in batches for e in es]
             return put_entries(db, entries, logged=True, erasures=[x for *_, xs in batches for x in xs])
 
-    def unlogged(self, owner: bytes, limit: int) -> list[OwnedEntry]:
-        """This node's own entries still to sign into its log, oldest first."""
+    def unlogged(self, author: bytes, limit: int) -> list[OwnedEntry]:
+        """This node's own entries still to sign into its log (for any owner key it writes for):
+        puts before removals (an object moving to a new owner key is never left with none),
+        ours first, oldest first."""
         rows = self._query(
-            """SELECT object_id, owner, kind, class, total_blocks, k, n, size, at, rank FROM catalog_entries
-               WHERE owner = ? AND logged = 0 ORDER BY at LIMIT ?""",
-            (owner, limit),
+            f"""SELECT {_OWNED} FROM catalog_entries WHERE author = ? AND logged = 0
+                ORDER BY kind != {PUT}, owner != ?, owner, at LIMIT ?""",
+            (author, author, limit),
         )
         return [_owned(r) for r in rows]
 
-    def log_own(self, owner: bytes, seq: int, batch: bytes, entries: list[OwnedEntry]) -> None:
+    def log_own(self, author: bytes, seq: int, batch: bytes, entries: list[OwnedEntry]) -> None:
         """Our signed batch joins our log and its entries count as logged, in one synced
         transaction (an entry changed since it was read stays unlogged, for the next batch)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO catalog_log (author, seq, ops, batch) VALUES (?, ?, ?, ?)",
-                (owner, seq, len(entries), batch),
+                (author, seq, len(entries), batch),
             )
             db.executemany(
                 """UPDATE catalog_entries SET logged = 1
-                   WHERE object_id = ? AND owner = ? AND kind = ? AND class = ? AND at = ?""",
-                [(e.object_id, owner, e.kind, e.storage_class, e.at) for e in entries],
+                   WHERE object_id = ? AND owner = ? AND author = ? AND kind = ? AND class = ? AND at = ?""",
+                [(e.object_id, e.owner, author, e.kind, e.storage_class, e.at) for e in entries],
             )
 
     def put_own(self, entries: list[OwnedEntry], erasures: Iterable[tuple[bytes, float]] = ()) -> set[bytes]:
@@ -260,10 +329,10 @@ class CatalogTables(Database):
         """Forget a former member's log and entries (its erasures with them), and stop holding for
         the cloud what left the catalog with it, in one transaction; returns those objects."""
         with self.transaction() as db:
-            rows = db.execute("SELECT object_id FROM catalog_entries WHERE owner = ?", (author,))
+            rows = db.execute("SELECT object_id FROM catalog_entries WHERE author = ? OR owner = ?", (author, author))
             touched = {bytes(r[0]) for r in rows}
             db.execute("DELETE FROM catalog_log WHERE author = ?", (author,))
-            db.execute("DELETE FROM catalog_entries WHERE owner = ?", (author,))
+            db.execute("DELETE FROM catalog_entries WHERE author = ? OR owner = ?", (author, author))
             gone = derive(db, touched) | _erasures(db, admins)
             db.executemany("DELETE FROM holds WHERE object_id = ?", [(o,) for o in gone])
         return gone
@@ -302,8 +371,7 @@ class CatalogTables(Database):
     def owned_entries(self, object_id: bytes) -> list[OwnedEntry]:
         """Every owner's latest entry about an object that still counts."""
         rows = self._query(
-            """SELECT object_id, owner, kind, class, total_blocks, k, n, size, at, rank FROM catalog_entries
-               WHERE object_id = ? AND bad = 0 ORDER BY owner""",
+            f"SELECT {_OWNED} FROM ({_LATEST.format(where='WHERE e.object_id = ?')}) WHERE bad = 0 ORDER BY owner",
             (object_id,),
         )
         return [_owned(r) for r in rows]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from peercloud.store.buckettables import SCHEMA_V9, BucketTables, KeyRow
-from peercloud.store.catalogtables import SCHEMA_V7, CatalogEntry, CatalogTables, OwnedEntry, put_entries
+from peercloud.store.catalogtables import SCHEMA_V7, SCHEMA_V10, CatalogEntry, CatalogTables, OwnedEntry, put_entries
 from peercloud.store.cloudtables import SCHEMA_V6, CloudTables
 from peercloud.store.db import placeholders
 from peercloud.store.deletiontables import SCHEMA_V8, DeletionTables
@@ -31,7 +31,7 @@ __all__ = [
     "ObjectRecord",
     "OwnedEntry",
 ]
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 _SCHEMA = """
 CREATE TABLE blocks (
     id BLOB PRIMARY KEY,
@@ -181,7 +181,19 @@ class Index(HoldingTables, CatalogTables, BucketTables, DeletionTables, CloudTab
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.migrate(
-            path, [_SCHEMA, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8, SCHEMA_V9]
+            path,
+            [
+                _SCHEMA,
+                _SCHEMA_V2,
+                _SCHEMA_V3,
+                _SCHEMA_V4,
+                SCHEMA_V5,
+                SCHEMA_V6,
+                SCHEMA_V7,
+                SCHEMA_V8,
+                SCHEMA_V9,
+                SCHEMA_V10,
+            ],
         )
 
     # -- blocks
