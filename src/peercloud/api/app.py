@@ -241,7 +241,11 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.get("/v1/objects")
     async def list_objects() -> list[dict[str, Any]]:
         """Objects known here."""
-        return [views.object_row(r) for r in service.node.objects()]
+        rows = [views.object_row(r) for r in service.node.objects()]
+        named = service.buckets.name_map()  # a bucket's name, where this node reads one
+        for row in rows:
+            row["name"] = named.get(bytes.fromhex(row["object_id"]), row["name"])
+        return rows
 
     @api.post("/v1/objects")
     async def add(req: AddRequest) -> Response:
@@ -265,7 +269,11 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         report = service.deletion(ref)
         if report is not None:
             return {"object_id": report.object_id.hex(), "health": "deleted", "deletion": report.as_json()}
-        return views.object_status(*await service.status(ref))
+        found = views.object_status(*await service.status(ref))
+        names = service.buckets.names_for(bytes.fromhex(found["object_id"]))
+        found["names"] = names
+        found["name"] = names[0] if names else found["name"]
+        return found
 
     @api.post("/v1/objects/{ref}/class")
     async def reclass(ref: str, req: ReclassRequest) -> dict[str, Any]:
@@ -281,7 +289,11 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.get("/v1/status")
     async def summary() -> dict[str, Any]:
         """Every object known here with its health."""
-        return views.summary(service.summary())
+        found = views.summary(service.summary())
+        named = service.buckets.name_map()
+        for row in found["objects"]:
+            row["name"] = named.get(bytes.fromhex(row["object_id"]), row["name"])
+        return found
 
     @api.post("/v1/unpin")
     async def unpin(req: UnpinRequest) -> dict[str, Any]:

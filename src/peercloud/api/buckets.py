@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from peercloud.api.models import BucketCreateRequest, BucketImportRequest, KeyGetRequest, MoveRequest, PutRequest
-from peercloud.node.buckets import split_path
+from peercloud.node.bucketkeys import split_path
 from peercloud.node.service import NodeService
 
 Stream = Callable[[Callable[[Callable[[int], None]], Awaitable[dict[str, Any]]], int | None], Awaitable[Response]]

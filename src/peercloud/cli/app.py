@@ -265,10 +265,12 @@ def list_objects(
 @app.command()
 def info(
     ctx: typer.Context,
-    obj: Annotated[str, typer.Argument(help="Object ID, ID prefix, or cap.")],
+    obj: Annotated[str, typer.Argument(help="Object ID, ID prefix, cap, or BUCKET/KEY.")],
     json: JsonFlag = False,
 ) -> None:
     """Show an object's manifest summary and what this node holds of it."""
+    if "/" in obj:
+        obj = bucket_commands.object_of(ctx, obj)
     with open_backend(node_home(ctx)) as backend:
         d = backend.info(obj)
     if json:
@@ -296,11 +298,15 @@ def info(
 @app.command()
 def status(
     ctx: typer.Context,
-    obj: Annotated[str | None, typer.Argument(help="Object ID, prefix or cap; omit for every object.")] = None,
+    obj: Annotated[
+        str | None, typer.Argument(help="Object ID, prefix, cap or BUCKET/KEY; omit for every object.")
+    ] = None,
     node: Annotated[bool, typer.Option("--node", help="Show the daemon: uptime, addresses, peers, traffic.")] = False,
     json: JsonFlag = False,
 ) -> None:
     """The ledger: an object's block-by-holder map and health, every object's health, or the node."""
+    if obj is not None and "/" in obj:
+        obj = bucket_commands.object_of(ctx, obj)
     with open_backend(node_home(ctx)) as backend:
         data = backend.node_status() if node else backend.status(obj) if obj else backend.summary()
     if json:

@@ -15,7 +15,7 @@ from rich.table import Table
 from peercloud.cli.client import DaemonClient
 from peercloud.cli.cloud import daemon_client
 from peercloud.cli.output import JsonFlag, out, print_json, progress_bar
-from peercloud.errors import UsageError
+from peercloud.errors import NotFoundError, UsageError
 from peercloud.units import format_size
 
 bucket_app = typer.Typer(help="Buckets: named files in the cloud, shared across devices and members by caps.")
@@ -220,3 +220,13 @@ def remove_key(ctx: typer.Context, target: str, recursive: bool, json: bool) -> 
         out.print(
             f"Removed {data['removed']} key(s) from {data['bucket']}; {deleted} object(s) no longer named deleted"
         )
+
+
+def object_of(ctx: typer.Context, target: str) -> str:
+    """The object a BUCKET/KEY names (for `status` and `info`, which take either)."""
+    query = urlencode({"target": target, "recursive": "true", "limit": 1})
+    found = _client(ctx).call("GET", f"/v1/keys?{query}")
+    key = target.partition("/")[2]
+    if not found["keys"] or found["keys"][0]["key"] != key:
+        raise NotFoundError(f"no key {key!r} in bucket {found['bucket']!r}")
+    return str(found["keys"][0]["object_id"])

@@ -14,7 +14,6 @@ dropped for that.
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -97,7 +96,7 @@ class CatalogSync:
             # One owner per batch: the first run of `unlogged`'s order (puts before removals, so
             # an object moving to another owner key is never left without one in between).
             owner = entries[0].owner
-            entries = list(itertools.takewhile(lambda e: e.owner == owner, entries))
+            entries = entries[: next((i for i, e in enumerate(entries) if e.owner != owner), len(entries))]
             grant = b""
             if owner != self.me:
                 key = self.owners().get(owner)

@@ -113,14 +113,19 @@ def _row(bucket_id: bytes, r: Any) -> KeyRow:
 
 
 def _upsert(db: sqlite3.Connection, rows: Iterable[KeyRow], pending: bool) -> None:
-    """Keep each entry where it beats the one held: greater (hlc, writer) wins."""
+    """Keep each entry where it beats the one held: greater (hlc, writer) wins, then (two entries
+    a hostile writer made at one clock) the greater content, so every node keeps the same."""
     db.executemany(
         f"""INSERT INTO bucket_keys (bucket_id, {_KEY_COLUMNS}, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (bucket_id, key) DO UPDATE SET hlc = excluded.hlc, writer = excluded.writer,
               removed = excluded.removed, object_id = excluded.object_id, object_key = excluded.object_key,
               size = excluded.size, mtime = excluded.mtime, content_type = excluded.content_type,
               class = excluded.class, meta = excluded.meta, pending = excluded.pending
-            WHERE (excluded.hlc, excluded.writer) > (bucket_keys.hlc, bucket_keys.writer)""",
+            WHERE (excluded.hlc, excluded.writer, excluded.removed, excluded.object_id, excluded.object_key,
+                   excluded.size, excluded.mtime, excluded.content_type, excluded.class, excluded.meta)
+                > (bucket_keys.hlc, bucket_keys.writer, bucket_keys.removed, bucket_keys.object_id,
+                   bucket_keys.object_key, bucket_keys.size, bucket_keys.mtime, bucket_keys.content_type,
+                   bucket_keys.class, bucket_keys.meta)""",
         [
             (
                 r.bucket_id,
