@@ -31,6 +31,7 @@ from peercloud.names.caps import MAX_CLASS_NAME, BucketCap, check_key
 MAX_OPS = 1000  # entries per batch
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # a batch's plaintext (1000 entries of the largest keys and metadata)
 MAX_META_BYTES = 2048  # user metadata, as S3 allows
+MAX_CONTAINERS = 2 * MAX_OPS + 16  # lists and maps a batch may hold: its entries' and their metadata's
 MAX_CONTENT_TYPE = 256
 FUTURE_SLACK_MS = 600_000  # a clock this far ahead of ours is not followed (its entries still count)
 _HEAD = struct.Struct(">B16sI32s32sQd32s")  # version, bucket, epoch, signer, writer, seq, time, batch
@@ -66,7 +67,7 @@ class Entry:
     a removal (kept as a tombstone: it must beat older puts arriving later)."""
 
     key: str
-    hlc: int
+    hlc: int  # hybrid logical clock: milliseconds << 16 | counter
     writer: bytes  # who wrote it (its batch's writer); ties between writers go to the greater
     removed: bool = False
     object_id: bytes = b""
@@ -162,8 +163,29 @@ class Batch:
         """A batch from a decrypted object (its bytes are verified, its writer still untrusted)."""
         if len(data) > MAX_BATCH_BYTES:
             raise FormatError("bucket batch too large")
+        containers = 0
+
+        def count(value: Any) -> Any:  # 4 MiB of empty lists would be 4 million objects
+            nonlocal containers
+            containers += 1
+            if containers > MAX_CONTAINERS:
+                raise FormatError("bucket batch: too many lists or maps")
+            return value
+
         try:
-            body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_BATCH_BYTES)
+            body = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                max_bin_len=MAX_BATCH_BYTES,
+                max_array_len=MAX_OPS,
+                max_map_len=MAX_META_BYTES,
+                list_hook=count,
+                object_hook=count,
+                use_list=True,
+            )
+        except FormatError:
+            raise
         except Exception as err:  # msgpack raises several types for malformed input
             raise FormatError(f"bucket batch does not decode: {err}") from None
         if not isinstance(body, dict) or body.get("v") != VERSION:
@@ -178,7 +200,7 @@ class Batch:
             and isinstance(s, int)
             and 1 <= s < 1 << 62
             and isinstance(p, bytes)
-            and len(p) in (0, 64)
+            and len(p) == (0 if s == 1 else 64)
             and isinstance(ops, list)
             and 1 <= len(ops) <= MAX_OPS
         ):

@@ -87,16 +87,16 @@ class Buckets(Keys):
             raise RefusedError("buckets live in a cloud: join the cloud the bucket is in first")
         cap = BucketCap.parse(text)
         known = self.sync.caps().get(cap.bucket_id)
-        if known is not None:
-            alias, held = known
-            if cap.epoch < held.epoch or (cap.epoch == held.epoch and (held.writable or not cap.writable)):
-                return self.describe(cap.bucket_id, alias, held)  # nothing newer than what we hold
-            name = name or alias
-        name = check_name(name or f"bucket-{cap.bucket_id.hex()[:8]}")
-        if any(alias == name and bid != cap.bucket_id for bid, (alias, _) in self.sync.caps().items()):
-            raise RefusedError(f"a bucket named {name!r} exists here already: give another with --as")
-        newer_epoch = known is not None and cap.epoch > known[1].epoch
-        self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), reset=newer_epoch, owner=cap.owner_pair)
+        if known is not None and (
+            cap.epoch < known[1].epoch or (cap.epoch == known[1].epoch and (known[1].writable or not cap.writable))
+        ):
+            name, cap = known  # nothing newer than what we hold: read on from where we are
+        else:
+            name = check_name(name or (known[0] if known else f"bucket-{cap.bucket_id.hex()[:8]}"))
+            if any(alias == name and bid != cap.bucket_id for bid, (alias, _) in self.sync.caps().items()):
+                raise RefusedError(f"a bucket named {name!r} exists here already: give another with --as")
+            newer = known is not None and cap.epoch > known[1].epoch
+            self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), reset=newer, owner=cap.owner_pair)
         self.sync.read_soon(cap.bucket_id)
         async with asyncio.timeout(IMPORT_WAIT):
             await self.sync.caught_up(cap.bucket_id)
@@ -160,7 +160,9 @@ class Buckets(Keys):
         return deleted
 
     async def _delete_owned(self, object_id: bytes) -> bool:
-        keys = {self.me} | set(self.index.owner_seeds())
+        # Only what a bucket's owner key owns: a writer that names and then displaces one of this
+        # node's own objects (never put in a bucket) must not get it deleted.
+        keys = set(self.index.owner_seeds())
         owned = any(e.owner in keys and e.kind == catalog.PUT for e in self.index.owned_entries(object_id))
         if not owned or not self.index.catalog(object_id):
             return False
@@ -169,6 +171,16 @@ class Buckets(Keys):
         except PeercloudError:
             return False
         return True
+
+    def on_orphans(self, objects: list[bytes]) -> None:
+        """Batch objects of ours a crash left without a head: deleted, then forgotten."""
+
+        async def drop() -> None:
+            for oid in objects:
+                if await self._delete_owned(oid) or not self.index.catalog(oid):
+                    await asyncio.to_thread(self.index.drop_batch, oid)
+
+        asyncio.get_running_loop().create_task(drop())
 
     def on_unnamed(self, objects: set[bytes]) -> None:
         """Another writer's removal left objects without a name: ours among them are deleted."""

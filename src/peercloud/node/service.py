@@ -17,6 +17,7 @@ from typing import Any
 
 from peercloud import __version__
 from peercloud.cloud.deletion import Report
+from peercloud.cloud.document import CloudDoc
 from peercloud.cloud.ledger import (
     ObjectStatus,
     indexes_from_bitmap,
@@ -119,7 +120,7 @@ class NodeService:
         self.auditor = Auditor(node.index, node.store, self.peers, self.manifest, self.membership.is_member)
         self.reconciler = Reconciler(self)
         self.catalog.on_changed = self.reconciler.dirty.update
-        self.membership.on_doc = self.catalog.on_doc
+        self.membership.on_doc = self._on_doc
         self.peers.on_claims = self.reconciler.dirty.update
         self.auditor.on_proved = self.reconciler.dirty.add
         self.deletions = Deletions(
@@ -137,6 +138,7 @@ class NodeService:
         self.bucket_sync = BucketSync(node.identity, node.index, self, node.home.path / "scratch")
         self.buckets = Buckets(self, self.bucket_sync)
         self.bucket_sync.on_unnamed = self.buckets.on_unnamed
+        self.bucket_sync.on_orphans = self.buckets.on_orphans
         self.catalog.owners = self.buckets.owner_keys
         self.deletions.owner_keys = lambda: set(node.index.owner_seeds())
         self._serve_blocks = block_server(node.store, self.deletions.on_served)
@@ -243,6 +245,10 @@ class NodeService:
             self.deletions.on_notice(link, msg)
         elif isinstance(msg, m.BucketHeads):
             self.bucket_sync.on_notice(link, msg)
+
+    def _on_doc(self, old: CloudDoc | None, new: CloudDoc) -> None:
+        self.catalog.on_doc(old, new)
+        self.bucket_sync.prune()
 
     def _on_link(self, link: PeerLink) -> None:
         self.network.on_link(link)

@@ -6,9 +6,9 @@ member whether it can read the bucket or not (heads show IDs only). `bucket_logs
 node has read each writer's log (its last batch's read cap), its own log included.
 `bucket_keys`: the merged index of the buckets it reads, one row per key, the winning entry
 (`names/log.py`), tombstones included; `pending` marks this node's own entries not yet in a
-batch. `bucket_batches`: the batch objects of this node's own logs. `bucket_owners`: every owner key
-this node held (a write cap's), kept after an unshare replaced it: what was put under it stays
-this node's to delete.
+batch. `bucket_batches`: the batch objects of this node's own logs (published once a head
+names them). `bucket_owners`: every owner key this node held (a write cap's), kept after an
+unshare replaced it: what was put under it stays this node's to delete.
 """
 
 import sqlite3
@@ -70,7 +70,8 @@ CREATE TABLE bucket_owners (
 ) WITHOUT ROWID;
 CREATE TABLE bucket_batches (
     object_id BLOB PRIMARY KEY,
-    bucket_id BLOB NOT NULL
+    bucket_id BLOB NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 """
 _KEY_COLUMNS = "key, hlc, writer, removed, object_id, object_key, size, mtime, content_type, class, meta"
@@ -279,9 +280,12 @@ class BucketTables(Database):
         )
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else (0, b"")
 
-    def merge_names(self, bucket_id: bytes, rows: list[KeyRow]) -> set[bytes]:
-        """Merge entries read from a writer's log, in one transaction; the objects keys named
-        before and no longer do (their owner may delete them once no name is left)."""
+    def merge_names(
+        self, bucket_id: bytes, rows: list[KeyRow], read: tuple[int, bytes, int, bytes] | None = None
+    ) -> set[bytes]:
+        """Merge entries read from a writer's log and, with `read` (epoch, writer, seq, read cap
+        of that batch), note how far the log was read, in one transaction; the objects keys
+        named before and no longer do (their owner may delete them once no name is left)."""
         with self.transaction() as db:
             before: dict[str, bytes] = {}
             for start in range(0, len(rows), 500):
@@ -293,6 +297,12 @@ class BucketTables(Database):
                 )
                 before.update((str(k), bytes(o)) for k, o in found)
             _upsert(db, rows, pending=False)
+            if read is not None:
+                db.execute(
+                    """INSERT INTO bucket_logs (bucket_id, epoch, writer, seq, last) VALUES (?, ?, ?, ?, ?)
+                       ON CONFLICT (bucket_id, epoch, writer) DO UPDATE SET seq = excluded.seq, last = excluded.last""",
+                    (bucket_id, *read),
+                )
             displaced = set()
             for key, oid in before.items():
                 now = db.execute(
@@ -301,15 +311,6 @@ class BucketTables(Database):
                 if now is None or bool(now[1]) or bytes(now[0]) != oid:
                     displaced.add(oid)
             return displaced
-
-    def note_read(self, bucket_id: bytes, epoch: int, writer: bytes, seq: int, last: bytes) -> None:
-        """A writer's log was read to batch `seq` (whose read cap is `last`)."""
-        with self.transaction() as db:
-            db.execute(
-                """INSERT INTO bucket_logs (bucket_id, epoch, writer, seq, last) VALUES (?, ?, ?, ?, ?)
-                   ON CONFLICT (bucket_id, epoch, writer) DO UPDATE SET seq = excluded.seq, last = excluded.last""",
-                (bucket_id, epoch, writer, seq, last),
-            )
 
     # -- this node's own writes
 
@@ -357,7 +358,9 @@ class BucketTables(Database):
                 (bucket_id, epoch, writer, seq, head),
             )
             db.execute(
-                "INSERT OR IGNORE INTO bucket_batches (object_id, bucket_id) VALUES (?, ?)", (cap[:32], bucket_id)
+                """INSERT INTO bucket_batches (object_id, bucket_id, published) VALUES (?, ?, 1)
+                   ON CONFLICT (object_id) DO UPDATE SET published = 1""",
+                (cap[:32], bucket_id),
             )
 
     # -- the merged keys
@@ -404,6 +407,20 @@ class BucketTables(Database):
             "SELECT object_id, bucket_id, MIN(key) FROM bucket_keys WHERE removed = 0 GROUP BY object_id"
         )
         return {bytes(r[0]): (bytes(r[1]), str(r[2])) for r in rows}
+
+    def note_batch(self, db: sqlite3.Connection, object_id: bytes, bucket_id: bytes) -> None:
+        """A batch object of our log, noted in the add's transaction: until its head is signed
+        it is unpublished, and one a crash left so is deleted at the next start."""
+        db.execute("INSERT OR IGNORE INTO bucket_batches (object_id, bucket_id) VALUES (?, ?)", (object_id, bucket_id))
+
+    def unpublished_batches(self) -> list[bytes]:
+        """Batch objects of our logs a crash kept from being named by a head."""
+        return [bytes(r[0]) for r in self._query("SELECT object_id FROM bucket_batches WHERE published = 0")]
+
+    def drop_batch(self, object_id: bytes) -> None:
+        """Forget an unpublished batch object (it was deleted)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM bucket_batches WHERE object_id = ?", (object_id,))
 
     def is_batch(self, object_id: bytes) -> bool:
         """Whether an object is a batch of one of our own bucket logs."""

@@ -473,7 +473,7 @@ Notice = (
     | PunchGo
 )
 MAX_RECORDS = 32  # records per Records message
-MAX_BUCKET_HEADS = 128  # heads per BucketHeads message (41 KB)
+MAX_BUCKET_HEADS = 64  # heads per BucketHeads message (21 KB; headers hold arrays of up to 64)
 BUCKET_HEAD_SIZE = 321
 PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
