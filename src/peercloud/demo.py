@@ -143,18 +143,20 @@ def run() -> int:
             console.print(f"  the copy is {'identical to' if same else 'DIFFERENT from'} Bob's file")
             if not same:
                 return 1
-            _say("Bob keeps named files in a bucket: a folder put under a prefix, one index every device reads.")
+            who = next(n for n in ("carol", "dave", "bob") if n != victim)
+            owner = nodes[who]
+            _say(f"{who.title()} keeps named files in a bucket: a folder put under a prefix, one index all read.")
             album = work / "album"
             (album / "2026").mkdir(parents=True)
             for i in range(3):
                 _sample(album / "2026" / f"photo{i}.jpg", 64 * 1024)
-            _run("bob", bob.home, "bucket", "create", "album", "--class", "replica-3")
-            _run("bob", bob.home, "put", "album", "album/")
-            _say("He shares it read-only with Erin: she imports it, lists it and gets a photo.")
-            cap = json.loads(_run("", bob.home, "bucket", "share", "album", "--json", show=False))["cap"]
-            _run("erin", erin.home, "bucket", "import", cap, "--as", "bobs-album")
-            _run("erin", erin.home, "ls", "bobs-album/2026/")
-            _run("erin", erin.home, "get", "bobs-album/2026/photo1.jpg", "-o", "photo1.jpg")
+            _run(who, owner.home, "bucket", "create", "album", "--class", "replica-3")
+            _run(who, owner.home, "put", "album", "album/")
+            _say("It is shared read-only with Erin: she imports it, lists it and gets a photo.")
+            cap = json.loads(_run("", owner.home, "bucket", "share", "album", "--json", show=False))["cap"]
+            _run("erin", erin.home, "bucket", "import", cap, "--as", "shared-album")
+            _run("erin", erin.home, "ls", "shared-album/2026/")
+            _run("erin", erin.home, "get", "shared-album/2026/photo1.jpg", "-o", "photo1.jpg")
         finally:
             _say("Stopping every daemon:")
             for name, d in nodes.items():

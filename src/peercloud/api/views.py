@@ -32,18 +32,7 @@ def object_row(r: ObjectRecord) -> dict[str, Any]:
 
 def add_result(result: AddResult) -> dict[str, Any]:
     """What `add` prints."""
-    m = result.manifest
-    return {
-        "object_id": m.object_id.hex(),
-        "read_cap": str(result.read_cap),
-        "verify_cap": str(result.read_cap.verify_cap),
-        "name": result.name,
-        "size": m.size,
-        "class": result.storage_class,
-        "segments": m.segment_count,
-        "blocks": len(m.blocks()) + 1,
-        "new_bytes": result.new_bytes,
-    }
+    return result.as_json()
 
 
 def info(i: ObjectInfo) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from peercloud.content.caps import ReadCap
 from peercloud.errors import NotFoundError, UsageError
+from peercloud.names import log as nlog
 from peercloud.names.caps import BucketCap, check_key, check_name
 from peercloud.node.bucketsync import BucketSync
 from peercloud.node.catalog import CatalogSync
@@ -127,7 +128,14 @@ class Keys:
         return self._put_json(result, name, key)
 
     async def _put_file(
-        self, bid: bytes, cap: BucketCap, path: Path, key: str, progress: Progress | None, meta: dict[str, str]
+        self,
+        bid: bytes,
+        cap: BucketCap,
+        path: Path,
+        key: str,
+        progress: Progress | None,
+        meta: dict[str, str],
+        flush: bool = True,
     ) -> AddResult:
         mtime = path.stat().st_mtime
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -151,23 +159,15 @@ class Keys:
         owner = cap.owner_pair
         assert owner is not None
         result = await self.service.add(path, cap.storage_class, False, progress, also=name_it, owner=owner[0])
-        self.sync.flush_soon(bid)
+        if flush:
+            self.sync.flush_soon(bid)
         if old is not None and not old.removed and old.object_id != result.manifest.object_id:
             await self._release({old.object_id})
         return result
 
     def _put_json(self, result: AddResult, bucket: str, key: str) -> dict[str, Any]:
-        return {
-            "object_id": result.manifest.object_id.hex(),
-            "read_cap": str(result.read_cap),
-            "verify_cap": str(result.read_cap.verify_cap),
-            "name": result.name,
-            "size": result.manifest.size,
-            "class": result.storage_class,
-            "new_bytes": result.new_bytes,
-            "bucket": bucket,
-            "key": key,
-        }
+        """What `add --json` gives, and where the object is named."""
+        return {**result.as_json(), "bucket": bucket, "key": key}
 
     async def _put_tree(
         self, bid: bytes, cap: BucketCap, name: str, root: Path, prefix: str, progress: Progress | None
@@ -179,8 +179,10 @@ class Keys:
         for key in keys:
             check_key(key)  # every key checked before anything is added
         total = 0
-        for path, key in zip(files, keys, strict=True):
-            result = await self._put_file(bid, cap, path, key, progress, {})
+        for i, (path, key) in enumerate(zip(files, keys, strict=True), start=1):
+            # A tree's entries go in full batches (a batch per 50 ms of puts would make readers
+            # fetch thousands of small ones), the rest when the tree is done.
+            result = await self._put_file(bid, cap, path, key, progress, {}, flush=i % nlog.MAX_OPS == 0)
             total += result.manifest.size
         await self.sync.flush(bid)
         return {"bucket": name, "prefix": prefix, "files": len(files), "bytes": total}

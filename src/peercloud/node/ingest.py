@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from peercloud.cloud import catalog
 from peercloud.cloud.classes import StorageClass
@@ -37,6 +38,21 @@ class AddResult:
     name: str
     storage_class: str
     new_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        """What `add --json` gives (and `put --json`, with the bucket and key)."""
+        m = self.manifest
+        return {
+            "object_id": m.object_id.hex(),
+            "read_cap": str(self.read_cap),
+            "verify_cap": str(self.read_cap.verify_cap),
+            "name": self.name,
+            "size": m.size,
+            "class": self.storage_class,
+            "segments": m.segment_count,
+            "blocks": len(m.blocks()) + 1,
+            "new_bytes": self.new_bytes,
+        }
 
 
 def _segments(f: Path, segment_size: int) -> Iterator[tuple[int, bytes]]:
