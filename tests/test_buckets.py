@@ -70,6 +70,12 @@ def test_shared_bucket_converges_and_hides_names(
     reader.cli("get", "theirs/tree/", "-o", str(tmp_path / "copy"))
     assert (tmp_path / "copy" / "d1" / "f3.txt").read_bytes() == bytes([3]) * 1003
 
+    # A key that is also a folder of other keys: a prefix get refuses before writing anything.
+    owner.json("put", str(first), "photos/tree/d0")
+    clash = owner.cli("get", "photos/tree/", "-o", str(tmp_path / "clash"), check=False)
+    assert clash.returncode == 2 and "both a file and a folder" in clash.stderr and not (tmp_path / "clash").exists()
+    assert owner.json("rm", "photos/tree/d0")["removed"] == 1
+
     refused = reader.cli("put", str(first), "theirs/mine.jpg", check=False)
     assert refused.returncode != 0 and "read-only" in refused.stderr
 

@@ -128,12 +128,12 @@ class BucketCap:
 
 
 def check_key(key: str) -> bytes:
-    """A key's bytes, or UsageError: UTF-8, 1 to 1024 bytes, no NUL or other control character,
+    """A key's bytes, or UsageError: UTF-8, 1 to 1024 bytes, no control character (C0, DEL, C1),
     not starting with '/', no empty, '.' or '..' segment (a key becomes a path on `get DIR`)."""
     raw = key.encode()
     if not 1 <= len(raw) <= MAX_KEY_BYTES:
         raise UsageError(f"a key is 1 to {MAX_KEY_BYTES} bytes of UTF-8 ({len(raw)} given)")
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in key):  # C0, DEL and C1
         raise UsageError("a key holds no control characters")
     parts = key.split("/")
     if key.startswith("/") or any(p in (".", "..") for p in parts) or any(p == "" for p in parts[:-1]):

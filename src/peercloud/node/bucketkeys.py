@@ -269,9 +269,19 @@ class Keys:
         while page := self.index.list_keys(bid, prefix, cursor, LIST_PAGE):
             rows += page
             cursor = page[-1].key + "\x00"
+        names = {r.key[len(prefix) :] for r in rows}
+        folders = {"/".join(n.split("/")[:i]) for n in names for i in range(1, n.count("/") + 1)}
+        clash = next((n for n in sorted(names) if n in folders), None)
+        if clash is not None:  # found before anything is written
+            raise UsageError(
+                f"key {prefix + clash!r} would be both a file and a folder under {root}: get keys one by one"
+            )
         written = 0
         for r in rows:
             dest = root / r.key[len(prefix) :]
+            if r.key.endswith("/"):  # a folder marker, as S3 tools make them
+                dest.mkdir(parents=True, exist_ok=True)
+                continue
             dest.parent.mkdir(parents=True, exist_ok=True)
             await self.service.get(str(ReadCap(r.object_id, r.object_key)), dest, progress)
             written += r.size
