@@ -162,6 +162,13 @@ def test_two_names_devices_delete_unshare_and_the_owner_lost(
     fresh.cli("get", "mine/notes.txt", "-o", str(back))
     assert back.read_bytes() == notes.read_bytes()
 
+    # Removing the bucket: refused while it holds keys; with --force its keys go, and the objects
+    # they named with them (the fresh device holds the owner key).
+    assert fresh.cli("bucket", "rm", "mine", check=False).returncode == 7
+    assert fresh.json("bucket", "rm", "mine", "--force")["keys_removed"] == 2
+    assert fresh.json("bucket", "ls") == []
+    wait_for(lambda: not catalog_has(other, notes_oid), 30, "the bucket's objects to be deleted")
+
 
 def owners(d: Daemon, object_id: str) -> set[bytes]:
     """Owner keys with a live put of the object, as a node's catalog entries say."""
