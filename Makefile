@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/repair.py
 	$(BIN)/python bench/delete.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/buckets.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/connect.py
 
