@@ -113,8 +113,10 @@ def import_cap(
     if json:
         print_json(data)
     else:
+        more = "" if data["caught_up"] else " so far; still reading its writers' logs"
         out.print(
-            f"Imported bucket {data['name']} ({data['access']}): {data['keys']} key(s), {format_size(data['bytes'])}"
+            f"Imported bucket {data['name']} ({data['access']}): {data['keys']} key(s), "
+            f"{format_size(data['bytes'])}{more}"
         )
 
 

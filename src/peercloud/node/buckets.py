@@ -98,9 +98,12 @@ class Buckets(Keys):
             newer = known is not None and cap.epoch > known[1].epoch
             self.index.save_bucket(cap.bucket_id, name, str(cap), time.time(), reset=newer, owner=cap.owner_pair)
         self.sync.read_soon(cap.bucket_id)
-        async with asyncio.timeout(IMPORT_WAIT):
-            await self.sync.caught_up(cap.bucket_id)
-        return self.describe(cap.bucket_id, name, cap)
+        try:
+            async with asyncio.timeout(IMPORT_WAIT):
+                await self.sync.caught_up(cap.bucket_id)
+        except TimeoutError:  # a long log: the catch-up goes on; say so rather than fail
+            return {**self.describe(cap.bucket_id, name, cap), "caught_up": False}
+        return {**self.describe(cap.bucket_id, name, cap), "caught_up": True}
 
     async def unshare(self, name: str) -> dict[str, Any]:
         """New keys for the bucket: every cap handed out so far sees nothing written from now on.

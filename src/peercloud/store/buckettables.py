@@ -327,7 +327,8 @@ class BucketTables(Database):
     def pending(self, bucket_id: bytes, writer: bytes, limit: int) -> list[KeyRow]:
         """Our entries of a bucket still to write into a batch, oldest first."""
         rows = self._query(
-            f"""SELECT {_KEY_COLUMNS} FROM bucket_keys WHERE bucket_id = ? AND pending = 1 AND writer = ?
+            f"""SELECT {_KEY_COLUMNS} FROM bucket_keys INDEXED BY bucket_keys_pending
+                WHERE bucket_id = ? AND pending = 1 AND writer = ?
                 ORDER BY hlc LIMIT ?""",
             (bucket_id, writer, limit),
         )

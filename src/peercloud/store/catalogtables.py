@@ -300,7 +300,8 @@ class CatalogTables(Database):
         puts before removals (an object moving to a new owner key is never left with none),
         ours first, oldest first."""
         rows = self._query(
-            f"""SELECT {_OWNED} FROM catalog_entries WHERE author = ? AND logged = 0
+            f"""SELECT {_OWNED} FROM catalog_entries INDEXED BY catalog_entries_unlogged
+                WHERE author = ? AND logged = 0
                 ORDER BY kind != {PUT}, owner != ?, owner, at LIMIT ?""",
             (author, author, limit),
         )
