@@ -9,6 +9,7 @@ next batch of its log: a cloud object of the bucket's class, then the head namin
 """
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import tempfile
@@ -60,38 +61,13 @@ class Service(Protocol):
 
 
 def row_of(bucket_id: bytes, e: nlog.Entry) -> KeyRow:
-    """An entry as the index keeps it."""
-    return KeyRow(
-        bucket_id,
-        e.key,
-        e.hlc,
-        e.writer,
-        e.removed,
-        e.object_id,
-        e.object_key,
-        e.size,
-        e.mtime,
-        e.content_type,
-        e.storage_class,
-        e.meta,
-    )
+    """An entry as the index keeps it (a KeyRow is an Entry with its bucket first)."""
+    return KeyRow(bucket_id, *(getattr(e, f.name) for f in dataclasses.fields(e)))
 
 
 def entry_of(r: KeyRow) -> nlog.Entry:
     """A kept row as the entry a batch carries."""
-    return nlog.Entry(
-        r.key,
-        r.hlc,
-        r.writer,
-        r.removed,
-        r.object_id,
-        r.object_key,
-        r.size,
-        r.mtime,
-        r.content_type,
-        r.storage_class,
-        r.meta,
-    )
+    return nlog.Entry(*(getattr(r, f.name) for f in dataclasses.fields(r)[1:]))
 
 
 class BucketSync:

@@ -422,7 +422,3 @@ class BucketTables(Database):
         """Forget an unpublished batch object (it was deleted)."""
         with self.transaction() as db:
             db.execute("DELETE FROM bucket_batches WHERE object_id = ?", (object_id,))
-
-    def is_batch(self, object_id: bytes) -> bool:
-        """Whether an object is a batch of one of our own bucket logs."""
-        return bool(self._query("SELECT 1 FROM bucket_batches WHERE object_id = ?", (object_id,)))
