@@ -230,14 +230,19 @@ def scenario_rebuild(tmp_path: Path, cuts: int) -> None:
             return all({len(c) for c in claims(admin, oid, daemons[n].peer_id)} == column for n in ("b", "d", "e"))
 
         assert until(one_each, None), "ec-2+1 did not settle with one column on each of three members"
+        lost = claims(admin, oid, daemons["d"].peer_id)[1]
     ports.pop("d")  # the holder that never comes back: its column has no other holder
 
     def column_rebuilt(watcher: Daemon) -> bool:
-        _, proved = claims(watcher, oid, me)
-        return len(proved) == manifest.segment_count
+        """The member holds the lost column, proved (it may still hold the helper shares it decoded from)."""
+        return lost <= claims(watcher, oid, me)[1]
+
+    def settled(watcher: Daemon) -> bool:
+        """The column is rebuilt and the helper shares dropped again: the member holds just that column."""
+        return claims(watcher, oid, me)[1] == lost
 
     def workload(mnt: Path) -> bool:
-        act = lambda d, others: until(lambda: column_rebuilt(others["admin"]), mnt)  # noqa: E731
+        act = lambda d, others: until(lambda: settled(others["admin"]), mnt)  # noqa: E731
         return member.session(mnt, (pristine, run, ports), manifest, me, act)
 
     def check(mnt: Path, outcome: Outcome) -> None:
