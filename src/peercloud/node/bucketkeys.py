@@ -181,9 +181,12 @@ class Keys:
         total = 0
         for i, (path, key) in enumerate(zip(files, keys, strict=True), start=1):
             # A tree's entries go in full batches (a batch per 50 ms of puts would make readers
-            # fetch thousands of small ones), the rest when the tree is done.
-            result = await self._put_file(bid, cap, path, key, progress, {}, flush=i % nlog.MAX_OPS == 0)
+            # fetch thousands of small ones), the rest when the tree is done. The put waits for
+            # each: a flush running beside the next puts would write their entries as they come.
+            result = await self._put_file(bid, cap, path, key, progress, {}, flush=False)
             total += result.manifest.size
+            if i % nlog.MAX_OPS == 0:
+                await self.sync.flush(bid)
         await self.sync.flush(bid)
         return {"bucket": name, "prefix": prefix, "files": len(files), "bytes": total}
 
