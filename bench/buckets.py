@@ -28,11 +28,11 @@ the batches an importer already held when it started.
    start until its index (polled read-only) lists every key; bytes p1 received meanwhile
    (bytes_in of `GET /v1/node`, what `status --node` shows) and CPU seconds of p0 and p1.
    Then `ls BUCKET --recursive --json` on p1 confirms the count (timed too, for information).
-   3b, the same for p2 importing the read cap of the bucket of figure 1: `put DIR` writes its
-   entries into batches as the files go in, so that log holds thousands of small batches.
+   3b, the same for p2 importing the read cap of the bucket of figure 1 (`put DIR` writes its
+   entries in full batches of 1000, so that log holds one batch per 1000 files).
 4. Peak RSS (VmHWM) of every daemon.
 
-Prints each figure, with PASS or MISS where it has a target. About 5 to 6 minutes at the defaults
+Prints each figure, with PASS or MISS where it has a target. About 2 to 3 minutes at the defaults
 on the 2-vCPU reference machine.
 
     .venv/bin/python bench/buckets.py [--files 10000] [--keys 100000] [--prefix-keys 1000]
