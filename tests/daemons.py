@@ -9,6 +9,7 @@ from typing import Any
 
 from peercloud.node.process import DaemonProcess
 from peercloud.node.process import start_daemon as launch
+from peercloud.store.partial import HEADER_SIZE, RECORD
 
 from .conftest import run_cli
 
@@ -47,6 +48,17 @@ def connected(d: Daemon, other_peer_id: str) -> bool:
 
 def block_files(home: Path) -> int:
     return sum(1 for p in (home / "blocks").rglob("*") if p.is_file())
+
+
+def partial_mib(out: Path) -> int:
+    """MiB a one-pass get to `out` has written so far (its partial file's allocated blocks)."""
+    return sum(p.stat().st_blocks * 512 for p in out.parent.glob(f".{out.name}.*.part")) >> 20
+
+
+def journalled(out: Path) -> int:
+    """Segments of a get to `out` verified and durable in its partial file, by its journal."""
+    sizes = [p.stat().st_size for p in out.parent.glob(f".{out.name}.*.journal")]
+    return sum(max(0, size - HEADER_SIZE) // RECORD.size for size in sizes)
 
 
 def pid_alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ from peercloud.net.link import Address, PeerError, PeerLink, dial, listen
 from peercloud.wire import messages as m
 
 from .conftest import run_cli, run_cli_async
-from .daemons import Daemon, block_files, connected, wait_for
+from .daemons import Daemon, block_files, connected, journalled, partial_mib, wait_for
 
 
 def link(a: Daemon, b: Daemon) -> None:
@@ -41,17 +41,13 @@ def test_two_daemons_share_an_object(
     by_peer = {h["peer_id"]: h for h in status["holders"]}
     assert by_peer[a.peer_id]["percent"] == 100.0 and by_peer[a.peer_id]["online"] is True
     assert by_peer[a.peer_id]["blocks"] == list(range(status["total_blocks"]))
-    assert 0 < status["local_percent"] < 100  # an EC get needs only k of n shares
-    assert b.cli("fsck").returncode == 0  # a partial cached copy is not damage
+    assert status["local_percent"] == 0  # one pass: a get writes the file and stores no block
+    assert block_files(b.home) == 1  # the manifest
+    assert not list(tmp_path.glob(".copy.bin.*")), "the partial file and its journal outlived the get"
     # a's claim counts once a passed b's audit (a random leaf of sampled blocks, with its Merkle path).
     wait_for(lambda: b.json("status", added["object_id"])["complete_copies"] == 1, what="b to audit a")
     proved = {h["peer_id"]: h for h in b.json("status", added["object_id"])["holders"]}[a.peer_id]
     assert proved["confirmed"] == proved["blocks"] and not proved["failed_audit"]
-    # b announced what it fetched: a's ledger shows b as a partial holder.
-    wait_for(
-        lambda: any(h["peer_id"] == b.peer_id for h in a.json("status", added["object_id"])["holders"]),
-        what="b's HAVE to reach a",
-    )
     peers = a.json("peers")
     assert peers[0]["peer_id"] == b.peer_id and peers[0]["connected"] and peers[0]["bytes_out"] > 5_000_000
     node = a.json("status", "--node")
@@ -103,10 +99,10 @@ def test_source_killed_mid_transfer(
     link(c, b)
     out = tmp_path / "out.bin"
     getter = run_cli_async(c.home, "get", added["read_cap"], "-o", str(out))
-    wait_for(lambda: block_files(c.home) >= 40 or getter.poll() is not None, what="transfer to start")
+    wait_for(lambda: partial_mib(out) >= 40 or getter.poll() is not None, what="transfer to start")
     a.kill()
     assert getter.poll() is None, "the transfer finished before the source could be killed"
-    assert block_files(c.home) < 300
+    assert partial_mib(out) < 300
     assert getter.wait(timeout=120) == 0, getter.stderr.read() if getter.stderr else ""
     assert out.read_bytes() == src.read_bytes()
 
@@ -252,7 +248,11 @@ def test_commands_needing_the_daemon_say_so(home: Path) -> None:
         assert "peercloud up" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_interrupted_get_resumes_with_the_blocks_it_had(
+def bytes_from(d: Daemon, peer_id: str) -> int:
+    return int(next(p for p in d.json("peers") if p["peer_id"] == peer_id)["bytes_in"])
+
+
+def test_interrupted_get_resumes_with_the_segments_it_had(
     daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     a, b = daemons("a"), daemons("b")
@@ -261,20 +261,47 @@ def test_interrupted_get_resumes_with_the_blocks_it_had(
     link(b, a)
     out = tmp_path / "out.bin"
     getter = run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
-    wait_for(lambda: block_files(b.home) >= 60 or getter.poll() is not None, what="transfer to start")
+    wait_for(lambda: partial_mib(out) >= 60 or getter.poll() is not None, what="transfer to start")
     a.kill()  # the only source dies: the get fails cleanly, keeping what it verified
     assert getter.wait(timeout=120) != 0
     assert not out.exists()
-    kept = block_files(b.home)
+    kept = journalled(out)  # segments (1 MiB) verified and durable in the partial file
     assert 60 <= kept < 300
+    assert block_files(b.home) <= 1, "a get stores no blocks (the manifest at most)"
     assert b.cli("fsck").returncode == 0
     a2 = daemons("a")  # the source comes back (same home, new port)
     b.cli("peers", "add", a2.address)
     wait_for(lambda: connected(b, a2.peer_id), what="reconnect")
     # Audits prove a2's claim block by block (a 64 KiB leaf each): let them finish before counting.
     wait_for(lambda: b.json("status", added["object_id"])["complete_copies"] >= 1, 60, "b to prove a2's copy")
-    before = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"]
+    before = bytes_from(b, a2.peer_id)
     b.json("get", added["read_cap"], "-o", str(out))
     assert out.read_bytes() == src.read_bytes()
-    fetched = next(p for p in b.json("peers") if p["peer_id"] == a2.peer_id)["bytes_in"] - before
-    assert fetched < len(src.read_bytes()) - (kept - 2) * 1024 * 1024  # only the missing blocks travelled
+    fetched = bytes_from(b, a2.peer_id) - before
+    assert fetched < len(src.read_bytes()) - (kept - 2) * 1024 * 1024  # only the missing segments travelled
+    assert not list(tmp_path.glob(".out.bin.*")), "the partial file and its journal outlived the get"
+
+
+def test_get_resumes_after_the_getter_is_killed(
+    daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    a, b = daemons("a"), daemons("b")
+    src = make_file(300 * 1024 * 1024, name="big.bin")
+    added = a.json("add", str(src), "--class", "replica-1")
+    link(b, a)
+    out = tmp_path / "out.bin"
+    getter = run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
+    wait_for(lambda: journalled(out) >= 64 or getter.poll() is not None, what="a journalled part")
+    b.kill()  # the getting daemon dies mid-way (SIGKILL): its journal says what is safe to keep
+    getter.wait(timeout=30)
+    assert not out.exists()
+    kept = journalled(out)
+    assert 64 <= kept < 300, kept
+    b2 = daemons("b")
+    link(b2, a)
+    wait_for(lambda: b2.json("status", added["object_id"])["complete_copies"] >= 1, 60, "b to prove a's copy")
+    before = bytes_from(b2, a.peer_id)
+    b2.json("get", added["read_cap"], "-o", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    fetched = bytes_from(b2, a.peer_id) - before
+    assert fetched < len(src.read_bytes()) - (kept - 2) * 1024 * 1024  # the journalled segments stayed

@@ -33,7 +33,7 @@ class Server:
 
     async def start(self) -> Address:
         self.server = await listen(
-            "127.0.0.1", 0, self.identity, HELLO, block_server(self.store), on_established=self.links.append
+            "127.0.0.1", 0, self.identity, HELLO, block_server(self.store.get), on_established=self.links.append
         )
         port = self.server.sockets[0].getsockname()[1]
         return Address("127.0.0.1", port)

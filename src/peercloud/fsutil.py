@@ -8,7 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-_ALIGN = 4096
+ALIGN = 4096
 _buffers = threading.local()
 
 
@@ -55,7 +55,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
-def _aligned_buffer(size: int) -> mmap.mmap:
+def aligned_buffer(size: int) -> mmap.mmap:
     """A page-aligned buffer per thread, reused so its pages are touched once."""
     buf: mmap.mmap | None = getattr(_buffers, "buf", None)
     if buf is None or len(buf) < size:
@@ -84,8 +84,7 @@ def write_new_file_direct(path: Path, data: bytes | memoryview) -> None:
 class DirectAppender:
     """Appends to a new file with O_DIRECT where allowed, carrying unaligned bytes to the next call.
 
-    For outputs written once, front to back (a `get`): the same page-cache saving as
-    `write_new_file_direct`, for a file built from many pieces.
+    The writer of `write_new_file_direct`: block files, written once and read rarely.
     """
 
     def __init__(self, fd: int) -> None:
@@ -115,9 +114,9 @@ class DirectAppender:
             write_all(self.fd, data)
             return
         pending = memoryview(self._carry + bytes(data) if self._carry else data)
-        head = len(pending) - len(pending) % _ALIGN
+        head = len(pending) - len(pending) % ALIGN
         if head:
-            buf = _aligned_buffer(head)
+            buf = aligned_buffer(head)
             buf[:head] = pending[:head]
             chunk = memoryview(buf)[:head]
             try:

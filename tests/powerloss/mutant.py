@@ -19,8 +19,12 @@ SITES: dict[str, str] = {
     "block-shard-dir": "store/blockstore.py BlockStore._write: fsync of blocks/ after a new shard directory",
     "block-commit-dirs": "store/blockstore.py BlockStore.commit: fsync of the shard directories before rows",
     "quarantine-dir": "store/blockstore.py BlockStore.quarantine: fsync of quarantine/ after moving a bad block in",
-    "output-data": "fsutil.DirectAppender.finish from node/retrieve.py: a get's output data",
-    "output-dir": "node/retrieve.py OutputFile.finish: fsync of the output's directory after the rename",
+    "output-data": "store/partial.py PartialFile.finish: a get's output data before the rename",
+    "output-dir": "store/partial.py PartialFile.finish: fsync of the output's directory after the rename",
+    "partial-data": "store/partial.py PartialFile._sync_data: a get's segments before its journal names them",
+    "partial-journal": "store/partial.py PartialFile._append: the journal records (what a failed get says it kept)",
+    "partial-names": "store/partial.py PartialFile._open: fsync of the output's directory after creating the "
+    "partial file and its journal",
     "atomic-data": "fsutil.write_atomic: the new file's data before the rename (config, token, secret)",
     "home-parent": "node/home.py NodeHome.init: fsync of each directory the home was created in",
     "key-data": "identity.py Identity.save_new: the node key's data",
@@ -51,15 +55,15 @@ def _skip_when(real: Callable[..., Any], test: Callable[[list[str]], bool]) -> C
 def mutate(site: str) -> None:
     """Take the one call `site` names out of this process's peercloud."""
     from peercloud import fsutil, identity
-    from peercloud.node import home, retrieve
-    from peercloud.store import blockstore, db
+    from peercloud.node import home
+    from peercloud.store import blockstore, db, partial
 
     def within(*names: str) -> Callable[[list[str]], bool]:
         return lambda stack: all(any(s.endswith(n) for s in stack) for n in names)
 
     data_sync = {
         "block-data": within("DirectAppender.finish", "write_new_file_direct"),
-        "output-data": within("DirectAppender.finish", "OutputFile.finish"),
+        "output-data": within("PartialFile.finish"),
         "atomic-data": within("write_file_durably", "write_atomic"),
         "key-data": within("write_file_durably", "save_new"),
     }
@@ -67,12 +71,19 @@ def mutate(site: str) -> None:
         "block-shard-dir": (blockstore, within("BlockStore._write")),
         "block-commit-dirs": (blockstore, within("BlockStore.commit")),
         "quarantine-dir": (blockstore, within("BlockStore.quarantine")),
-        "output-dir": (retrieve, within("OutputFile.finish")),
+        "output-dir": (partial, within("PartialFile.finish")),
+        "partial-names": (partial, within("PartialFile._open")),
         "home-parent": (home, within("NodeHome.init")),
         "key-dir": (identity, within("save_new")),
     }
+    datasync = {
+        "partial-data": within("PartialFile._sync_data"),
+        "partial-journal": within("PartialFile._append"),
+    }
     if site in data_sync:
         fsutil.os.fsync = _skip_when(os.fsync, data_sync[site])  # type: ignore[attr-defined]
+    elif site in datasync:
+        partial.os.fdatasync = _skip_when(os.fdatasync, datasync[site])  # type: ignore[attr-defined]
     elif site in dir_sync:
         module, test = dir_sync[site]
         module.fsync_dir = _skip_when(module.fsync_dir, test)  # type: ignore[attr-defined]

@@ -14,6 +14,8 @@ SQLite setting taken out (`mutant.py`): each must make a check fail.
 import contextlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Callable
@@ -21,13 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from peercloud.content.manifest import Manifest
 from peercloud.identity import Identity
 from peercloud.node.home import NodeHome
 from peercloud.node.local import LocalNode
 from peercloud.node.process import start_daemon as launch
 
 from ..conftest import random_bytes
-from ..daemons import start_daemon
+from ..daemons import journalled, start_daemon
 from .checks import CUTS_DEFAULT, bad_blocks, cli, init_home, restart_checks
 from .harness import DurabilityLost, Outcome, power_cuts
 from .mutant import SITES
@@ -99,6 +102,44 @@ def scenario_get(tmp_path: Path, site: str | None, cuts: int) -> None:
         restart_checks(mnt / "home", {"movie.bin": data}, {"movie.bin"}, tmp_path)
 
     assert power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=12)[0].finished
+
+
+def scenario_get_resume(tmp_path: Path, site: str | None, cuts: int) -> None:
+    """A `get` that fails part-way keeps the segments it verified, as it says; after a power cut
+    they are still there, and the next get resumes from them without trusting data the cut took."""
+    src = tmp_path / "movie.bin"
+    data = random_bytes(4 * 1024 * 1024 + 5, seed=4)  # 5 segments of 1 MiB
+    src.write_bytes(data)
+    pristine = init_home(tmp_path / "pristine")
+    home = pristine / "home"
+    added = json.loads(cli(home, "add", str(src), "--class", "replica-1", "--json").stdout)
+    manifest = Manifest.decode((home / "blocks" / added["object_id"][:2] / added["object_id"]).read_bytes())
+    last = manifest.block(manifest.segment_count - 1, 0).hex()
+    where = Path("blocks") / last[:2] / last
+    aside = tmp_path / "aside.bin"
+    shutil.move(home / where, aside)  # the last segment's block is gone: the get fails there
+    (pristine / "out").mkdir()
+    said: list[int] = []
+
+    def workload(mnt: Path) -> bool:
+        proc = cli(mnt / "home", "get", added["read_cap"], "-o", str(mnt / "out" / "movie.bin"), site=site)
+        kept = re.search(r"; (\d+) of \d+ segments .* are verified and kept", proc.stderr)
+        said[:] = [int(kept[1])] if kept else []
+        return proc.returncode != 0 and kept is not None  # failed where it must, saying what it kept
+
+    def check(mnt: Path, outcome: Outcome) -> None:
+        out = mnt / "out" / "movie.bin"
+        assert not out.exists(), "a get that failed left a file under the final name"
+        if outcome.finished:
+            assert said[0] >= 1 and journalled(out) >= said[0], "segments a failed get said it kept are gone"
+        shutil.copy(aside, mnt / "home" / where)  # the block is back: the next get can finish
+        proc = cli(mnt / "home", "get", added["read_cap"], "-o", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == data, "a resumed get wrote data the power cut took back"
+        assert not list(out.parent.glob(".movie.bin.*")), "the partial file or journal outlived the get"
+        restart_checks(mnt / "home", {"movie.bin": data}, {"movie.bin"}, tmp_path)
+
+    assert power_cuts(pristine, tmp_path / "run", workload, check, cuts, seed=13)[0].finished
 
 
 def scenario_fsck(tmp_path: Path, site: str | None, cuts: int) -> None:
@@ -184,6 +225,10 @@ def test_power_cut_during_get(tmp_path: Path) -> None:
     scenario_get(tmp_path, None, CUTS)
 
 
+def test_power_cut_during_a_get_that_resumes(tmp_path: Path) -> None:
+    scenario_get_resume(tmp_path, None, CUTS)
+
+
 def test_power_cut_during_pin_from_a_peer(tmp_path: Path) -> None:
     scenario_pin(tmp_path, None, CUTS)
 
@@ -201,6 +246,9 @@ CATCHES: dict[str, Scenario] = {
     "quarantine-dir": scenario_fsck,
     "output-data": scenario_get,
     "output-dir": scenario_get,
+    "partial-data": scenario_get_resume,
+    "partial-journal": scenario_get_resume,
+    "partial-names": scenario_get_resume,
     "key-data": scenario_init,
     "key-dir": scenario_init,
     "atomic-data": scenario_init,

@@ -10,7 +10,8 @@ Errors are HTTP statuses with a JSON body `{"error": "...", "exit_code": N}` (N 
 exit code; FastAPI's validation errors keep their `detail` too and answer 422).
 
 Long operations (add, get, pin) answer with NDJSON: an optional `{"total": bytes}`, progress
-lines `{"progress": bytes}` while they run, then one `{"result": {...}}` line, so the CLI can
+lines `{"progress": bytes}` while they run (at most one per PROGRESS_EVERY, summing the bytes
+since the last), then one `{"result": {...}}` line, so the CLI can
 draw a progress bar for work the daemon does. Such a request waits for the work's first event
 before it answers: a failure before any progress (a missing file, an unknown object, a bad cap)
 is an HTTP error status like any other route's. A failure after progress lines were sent can
@@ -22,6 +23,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -60,6 +62,7 @@ from peercloud.node.service import NodeService
 log = logging.getLogger(__name__)
 
 DOCS_COOKIE = "peercloud_docs"
+PROGRESS_EVERY = 0.1  # seconds between progress lines of a long operation
 # Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes), as shipped by fastapi-offline.
 _DOCS_ASSETS = resources.files("fastapi_offline") / "static"
 _DOCS_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
@@ -164,8 +167,22 @@ def create_app(service: NodeService, token: str) -> FastAPI:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | PeercloudError] = asyncio.Queue()
 
-        def progress(n: int) -> None:  # called from worker threads too
-            loop.call_soon_threadsafe(queue.put_nowait, {"progress": n})
+        held = [0, 0]  # progress not sent yet, and whether a send is due (a line per PROGRESS_EVERY)
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:  # called from worker threads too, once per block
+            with lock:
+                held[0] += n
+                if held[1]:
+                    return
+                held[1] = 1
+            loop.call_soon_threadsafe(loop.call_later, PROGRESS_EVERY, send)
+
+        def send() -> None:
+            with lock:
+                n, held[:] = held[0], [0, 0]
+            if n:
+                queue.put_nowait({"progress": n})
 
         async def worker() -> None:
             item: dict[str, Any] | PeercloudError
@@ -175,6 +192,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
                 if not isinstance(e, PeercloudError | OSError):
                     log.exception("%s failed", run.__qualname__)
                 item = _as_error(e)
+            send()  # progress held back goes before the result
             # through the loop's queue of callbacks, so it comes after every progress line
             loop.call_soon_threadsafe(queue.put_nowait, item)
 

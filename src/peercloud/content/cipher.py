@@ -64,3 +64,13 @@ class SegmentCipher:
             return self._aead.decrypt(_nonce(index), ciphertext, _AAD)
         except InvalidTag:
             raise IntegrityError(f"segment {index} does not decrypt: wrong key or damaged data") from None
+
+    def open_into(self, index: int, ciphertext: bytes | memoryview, out: memoryview) -> memoryview:
+        """Decrypt segment `index` into `out` (a reused, aligned buffer: no allocation per segment);
+        returns the plaintext's view of it."""
+        plain = out[: len(ciphertext) - TAG_SIZE]
+        try:
+            self._aead.decrypt_into(_nonce(index), ciphertext, _AAD, plain)
+        except InvalidTag:
+            raise IntegrityError(f"segment {index} does not decrypt: wrong key or damaged data") from None
+        return plain

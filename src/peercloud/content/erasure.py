@@ -44,7 +44,7 @@ def encode(coding: Coding, data: bytes) -> list[bytes]:
     return shares
 
 
-def decode(coding: Coding, shares: Mapping[int, bytes], length: int) -> bytes:
+def decode(coding: Coding, shares: Mapping[int, bytes | memoryview], length: int) -> bytes | memoryview:
     """Rebuild `length` bytes from any k shares, given as {share number: share}."""
     if coding.is_replica:
         return shares[0][:length]

@@ -24,6 +24,13 @@ class SegmentCodec:
         ciphertext = erasure.decode(self.coding, shares, ciphertext_length)
         return self._cipher.open(index, ciphertext)
 
+    def open_into(
+        self, index: int, shares: Mapping[int, bytes | memoryview], ciphertext_length: int, out: memoryview
+    ) -> memoryview:
+        """`open` into a reused buffer: a replicated segment decrypts straight from its block."""
+        ciphertext = erasure.decode(self.coding, shares, ciphertext_length)
+        return self._cipher.open_into(index, ciphertext, out)
+
 
 def encode_bytes(data: bytes, key: bytes, coding: Coding, segment_size: int) -> tuple[Manifest, list[bytes]]:
     """Encode a whole object held in memory: the reference the streaming add must match."""

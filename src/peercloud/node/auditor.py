@@ -33,7 +33,6 @@ from peercloud.content.manifest import Manifest
 from peercloud.errors import IntegrityError, NotFoundError, PeercloudError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerError, PeerLink
-from peercloud.store.blockstore import BlockStore
 from peercloud.store.index import Holding, Index
 from peercloud.swarm.peers import PeerManager
 from peercloud.wire import messages as m
@@ -77,13 +76,13 @@ class Auditor:
     def __init__(
         self,
         index: Index,
-        store: BlockStore,
+        read: Callable[[bytes], bytes],
         peers: PeerManager,
         manifest: Callable[[bytes], Awaitable[Manifest]],
         member: Callable[[PeerId | None], bool],
     ) -> None:
         self.index = index
-        self.store = store
+        self.read = read  # a verified block held here (or re-created by a get in progress)
         self.peers = peers
         self.manifest = manifest
         self.member = member
@@ -156,7 +155,7 @@ class Auditor:
             return
         async with self._reads[member]:
             try:
-                data = await asyncio.to_thread(self.store.get, msg.block)
+                data = await asyncio.to_thread(self.read, msg.block)
                 proof = merkle.prove(data, msg.leaf)
             except (NotFoundError, IntegrityError):
                 await link.answer(msg.id, m.Error(msg.id, "not_found", "block not held here"))

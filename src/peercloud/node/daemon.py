@@ -8,6 +8,7 @@ exit interrupts is a crash the store is built to survive (docs/architecture.md, 
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -37,6 +38,7 @@ SERVICE_GRACE = 1.5  # closing links, the listener and background tasks
 TASK_GRACE = 0.5  # tasks still running when the loop closes
 THREAD_GRACE = 0.5  # worker threads still busy (an add, an fsck) once the index is closed
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
 
 
 class _ApiServer(uvicorn.Server):
@@ -139,6 +141,19 @@ def _signals_wake(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
         wsock.close()
 
 
+def keep_freed_memory() -> None:
+    """Keep freed buffers in the heap for the next block instead of handing them back to the OS:
+    every 1 MiB a transfer frees is allocated again at once, and fresh pages cost ≈2.5 ms per MiB
+    on the reference VM (glibc returns chunks above its mmap threshold, and heap tops above its
+    trim threshold, at each free)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: its allocator has its own policy
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest: blocks come from the heap
+    libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+
+
 @contextlib.contextmanager
 def _home_lock(home: NodeHome) -> Iterator[None]:
     with open(home.path / "daemon.lock", "a+") as f:
@@ -157,6 +172,7 @@ def serve(
     Not asyncio.run: it would wait without limit for the default executor's threads (an add or
     an fsck in a thread runs to its end), and the interpreter would join them again at exit.
     """
+    keep_freed_memory()
     shutdown = Shutdown()
     shutdown.install()
     loop = asyncio.new_event_loop()

@@ -43,7 +43,9 @@ from peercloud.node.network import Network
 from peercloud.node.reclass import Reclassed, reclass
 from peercloud.node.reconciler import Reconciler
 from peercloud.store.index import ObjectRecord
+from peercloud.store.partial import PartialFile
 from peercloud.swarm import fetch
+from peercloud.swarm.live import LiveInventory, LiveSources
 from peercloud.swarm.peers import PeerManager
 from peercloud.swarm.upload import block_server
 from peercloud.wire import messages as m
@@ -53,6 +55,7 @@ MAX_BLOCKS = MAX_MANIFEST_SIZE // 32  # the most blocks a manifest can list
 log = logging.getLogger(__name__)
 PRUNE_EVERY = 60.0
 OUTSIDER_TTL = 3600.0  # an outsider's claims outlive its link by this long
+ANNOUNCE_EVERY = 0.25  # seconds between announcements of what a get in progress can serve
 STATUS_WAIT = 2.0  # seconds to wait for peers to say what they hold of an object new to us
 
 
@@ -97,6 +100,8 @@ class NodeService:
             self.book,
             member=lambda pid: self.membership.is_member(pid),
         )
+        self.live = LiveSources()  # gets in progress: what they wrote is served to other fetchers
+        self.peers.inventory = LiveInventory(node.index, self.live)
         self.peers.on_link = self._on_link
         self.peers.on_notice_extra = self._on_notice
         self.membership = Membership(node.identity, node.index, self.peers, lambda: self.listening)
@@ -117,7 +122,7 @@ class NodeService:
         self.membership.on_left = self.catalog.load
         self.peers.ready = self.catalog.ready
         self.catalog.on_logged = self._announce_all
-        self.auditor = Auditor(node.index, node.store, self.peers, self.manifest, self.membership.is_member)
+        self.auditor = Auditor(node.index, self.read_block, self.peers, self.manifest, self.membership.is_member)
         self.reconciler = Reconciler(self)
         self.catalog.on_changed = self.reconciler.dirty.update
         self.membership.on_doc = self._on_doc
@@ -141,7 +146,7 @@ class NodeService:
         self.bucket_sync.on_orphans = self.buckets.on_orphans
         self.catalog.owners = self.buckets.owner_keys
         self.deletions.owner_keys = lambda: set(node.index.owner_seeds())
-        self._serve_blocks = block_server(node.store, self.deletions.on_served)
+        self._serve_blocks = block_server(self.read_block, self.deletions.on_served)
         # Held only while in use: a lock nobody holds or waits for goes, so deletes and pulls of
         # millions of objects leave no lock behind.
         self._locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -338,9 +343,8 @@ class NodeService:
                 return known or set(self.peers.links)  # nobody announced it: ask everyone
 
             try:
-                await fetch.fetch(
-                    self.peers, self.node.store, [fetch.Group([object_id], 1)], holders, stall_timeout=3.0
-                )
+                sink = fetch.StoreSink(self.node.store)
+                await fetch.fetch(self.peers, sink, [fetch.Group([object_id], 1)], holders, stall_timeout=3.0)
             except fetch.FetchError:
                 raise NotFoundError(
                     f"unknown object {object_id.hex()}: not stored here and no connected peer has it"
@@ -351,16 +355,52 @@ class NodeService:
         self.catalog.check_manifest(manifest)
         return manifest
 
-    async def _gather(self, manifest: Manifest, all_blocks: bool, progress: Progress | None) -> None:
-        store, coding = self.node.store, manifest.coding
-        groups = []
-        for seg in range(manifest.segment_count):
-            missing = [b for b in (manifest.block(seg, j) for j in range(coding.n)) if not store.has(b)]
-            if all_blocks:
-                groups += [fetch.Group([b], 1) for b in missing]
-            else:
-                groups.append(fetch.Group(missing, coding.k - (coding.n - len(missing))))
-        await fetch.fetch(self.peers, store, groups, self._holders(manifest), progress)
+    async def _read(
+        self, manifest: Manifest, key: bytes, output: retrieve.Output, progress: Progress | None, serve: bool = False
+    ) -> None:
+        """Fetch what the local store lacks into `output`, segment by segment, in one pass; with
+        `serve`, other fetchers get the blocks of what is written meanwhile (`swarm/live.py`)."""
+        writer = retrieve.SegmentWriter(self.node.store, manifest, key, output)
+        groups, local = writer.plan()
+        if progress and output.done:
+            progress(sum(manifest.segment_length(s) for s in output.done))  # a resumed get
+        announced = 0.0
+
+        def fetched(n: int) -> None:  # on the loop, per block
+            nonlocal announced
+            if progress:
+                progress(n)
+            if serve and time.monotonic() - announced >= ANNOUNCE_EVERY:
+                announced = time.monotonic()
+                self._announce(manifest.object_id)
+
+        if serve:
+            self.live.add(writer)
+        try:
+            await fetch.fetch(self.peers, writer, groups, self._holders(manifest), fetched)
+
+            def rest() -> None:
+                for seg in local:
+                    length = writer.write_local(seg)
+                    if progress:
+                        progress(length)
+                output.finish()
+
+            await asyncio.to_thread(rest)
+        finally:
+            if serve:
+                self.live.remove(writer)
+                self._announce(manifest.object_id)
+
+    def read_block(self, block_id: bytes) -> bytes:
+        """A verified block for a peer: from the store, or re-created by a get in progress (thread)."""
+        try:
+            return self.node.store.get(block_id)
+        except NotFoundError:
+            data = self.live.block(block_id)
+            if data is None:
+                raise
+            return data
 
     def _record(self, manifest: Manifest, name: str, key: bytes | None, pin: bool) -> None:
         index = self.node.index
@@ -378,47 +418,47 @@ class NodeService:
         index.add_object(record, blocks, pin=pin)
 
     async def get(self, text: str, out: Path, progress: Progress | None) -> tuple[Path, Manifest]:
-        """Fetch what is missing from the swarm, then decrypt to `out`."""
+        """Fetch what the local store lacks from the swarm and write the plaintext to `out` in one
+        pass (blocks are not stored); resumes a get of the same object to `out` cut short."""
         cap = self.node.resolve(text)
         if not isinstance(cap, ReadCap):
             raise UsageError("a verify cap or object ID cannot decrypt: give the read cap (pcr1_…)")
         manifest = await self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
         started = time.perf_counter()
-        await self._gather(manifest, all_blocks=False, progress=progress)
-        fetched = time.perf_counter()
+        partial = await asyncio.to_thread(PartialFile, out, manifest.object_id, manifest.size, manifest.segment_size)
+        try:
+            await self._read(manifest, cap.key, partial, progress, serve=True)
+        except BaseException as e:
+            await asyncio.to_thread(partial.abandon, e)
+            raise
         self._record(manifest, out.name, cap.key, pin=False)  # a name known here is kept
-        self._announce(manifest.object_id)
-        result = await asyncio.to_thread(self.node.get, str(cap), out)
-        log.info(
-            "get %s: %.2f s gathering blocks, %.2f s decrypting to %s",
-            manifest.object_id.hex()[:12],
-            fetched - started,
-            time.perf_counter() - fetched,
-            out,
-        )
-        return result
+        log.info("get %s: %.2f s to %s", manifest.object_id.hex()[:12], time.perf_counter() - started, out)
+        return out, manifest
 
     async def read_object(self, cap: ReadCap, limit: int) -> bytes:
-        """A small object's plaintext in memory (a bucket's batch), fetched from holders; blocks
-        fetched only for this are not kept."""
+        """A small object's plaintext in memory (a bucket's batch), fetched from holders; nothing
+        fetched for this is stored."""
         manifest = await self.manifest(cap.object_id)
         retrieve.check_key(manifest, cap.key)
         if manifest.size > limit:
             raise IntegrityError(f"object {cap.object_id.hex()[:12]} is larger than {limit} bytes")
-        had = {bid for _, _, bid in manifest.blocks() if self.node.store.has(bid)}
-        await self._gather(manifest, all_blocks=False, progress=None)
-        try:
-            return await asyncio.to_thread(retrieve.read_all, self.node.store, manifest, cap.key)
-        finally:
-            fetched = [bid for _, _, bid in manifest.blocks() if bid not in had]
-            await asyncio.to_thread(self.node.store.delete, fetched, self.node.index.referenced)
+        output = retrieve.MemoryOutput(manifest)
+        await self._read(manifest, cap.key, output, None)
+        return bytes(output.data)
 
     async def pin(self, text: str, progress: Progress | None) -> Manifest:
         """Fetch and keep every block of an object; needs only its verify cap."""
         cap = self.node.resolve(text)
         manifest = await self.manifest(cap.object_id)
-        await self._gather(manifest, all_blocks=True, progress=progress)
+        missing = [bid for _, _, bid in manifest.blocks() if not self.node.store.has(bid)]
+        await fetch.fetch(
+            self.peers,
+            fetch.StoreSink(self.node.store),
+            [fetch.Group([b], 1) for b in missing],
+            self._holders(manifest),
+            progress,
+        )
         self._record(manifest, cap.object_id.hex()[:12], cap.key if isinstance(cap, ReadCap) else None, pin=True)
         self._announce(manifest.object_id)
         return manifest
@@ -450,7 +490,7 @@ class NodeService:
             online = set(self.peers.links)
             direct = [b for b in missing if holders(b) & online]
             if direct:
-                await fetch.fetch(self.peers, store, [fetch.Group([b], 1) for b in direct], holders)
+                await fetch.fetch(self.peers, fetch.StoreSink(store), [fetch.Group([b], 1) for b in direct], holders)
             lost = [(s, j) for s, j in wanted if not store.has(manifest.block(s, j))]
             if lost and n > 1:
                 await self._rebuild(manifest, lost, holders)
@@ -468,12 +508,12 @@ class NodeService:
             if have < k:
                 groups.append(fetch.Group([b for b in others if holders(b) & set(self.peers.links)], k - have))
         if groups:
-            await fetch.fetch(self.peers, store, groups, holders)
+            await fetch.fetch(self.peers, fetch.StoreSink(store), groups, holders)
 
         def rebuild() -> None:
             for s, j in lost:
                 shares = retrieve.read_segment_blocks(store, manifest, s)
-                ciphertext = erasure.decode(manifest.coding, shares, manifest.ciphertext_length(s))
+                ciphertext = bytes(erasure.decode(manifest.coding, shares, manifest.ciphertext_length(s)))
                 store.put(erasure.encode(manifest.coding, ciphertext)[j], expect=manifest.block(s, j))
 
         await asyncio.to_thread(rebuild)

@@ -1,11 +1,12 @@
 """Multi-source fetch: rarest first, several requests per peer, endgame, retries, bans.
 
-The wanted blocks come in groups: a group is done when `need` of its candidate blocks are
-stored locally. A replicated object has one group per block (need 1); an erasure-coded get has
-one group per segment (need k minus the shares already here); a pin wants every block.
-Every block is verified against its ID before it is stored; a peer that sends a block failing
-verification is banned and the block is fetched elsewhere. Blocks are committed as they arrive,
-so an interrupted fetch resumes where it stopped.
+The wanted blocks come in groups: a group is done when `need` of its candidate blocks reached
+the sink. A replicated object has one group per block (need 1); an erasure-coded get has one
+group per segment (need k minus the shares already here); a pin wants every block.
+Where blocks go is the sink's business: the block store (a pin, a placement: committed as they
+arrive, so an interrupted fetch resumes where it stopped), a get's output file (written as
+segments complete), or memory. Every sink verifies a block against its ID before it keeps it;
+a peer that sends a block failing verification is banned and the block is fetched elsewhere.
 """
 
 import asyncio
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from peercloud.errors import IntegrityError, PeercloudError
 from peercloud.identity import PeerId
@@ -31,6 +33,37 @@ class FetchError(PeercloudError):
     """Some wanted blocks could not be had from any reachable peer."""
 
 
+class Sink(Protocol):
+    """Where fetched blocks go."""
+
+    def accept(self, block_id: bytes, data: bytes | memoryview) -> int:
+        """Verify a block against its ID and keep it (runs in a worker thread, several at once);
+        returns its size; IntegrityError when it does not verify."""
+
+    def settle(self, final: bool) -> None:
+        """On the event loop, after each block and once at the end: make what was accepted count."""
+
+
+class StoreSink:
+    """Blocks into the block store: staged (verified, durable) in threads, committed in batches."""
+
+    def __init__(self, store: BlockStore) -> None:
+        self.store = store
+        self.staged: list[Staged] = []
+
+    def accept(self, block_id: bytes, data: bytes | memoryview) -> int:
+        """Stage the block; its index row comes with the next batched commit."""
+        staged = self.store.stage(data, block_id)
+        self.staged.append(staged)  # list.append is atomic: staging threads share the list
+        return staged.size
+
+    def settle(self, final: bool) -> None:
+        """Commit staged blocks in one transaction every COMMIT_EVERY, and at the end."""
+        if final or len(self.staged) >= COMMIT_EVERY:
+            batch, self.staged = self.staged, []
+            self.store.commit(batch)
+
+
 @dataclass
 class Group:
     """Candidate blocks of which `need` must end up stored here."""
@@ -41,17 +74,16 @@ class Group:
 
 @dataclass
 class _State:
-    store: BlockStore
+    sink: Sink
     groups: list[Group]
     holders: Callable[[bytes], set[PeerId]]
-    staged: list[Staged] = field(default_factory=list)
     group_of: dict[bytes, int] = field(default_factory=dict)
     flying: list[int] = field(default_factory=list)  # per group: its blocks now in flight
     inflight: dict[bytes, set[PeerId]] = field(default_factory=dict)
     per_peer: dict[PeerId, int] = field(default_factory=dict)
     failed: dict[bytes, set[PeerLink]] = field(default_factory=dict)  # a reconnected peer gets another try
-    via: dict["asyncio.Task[Staged]", PeerLink] = field(default_factory=dict)  # the link each request went on
-    staging: set[asyncio.Future[Staged]] = field(default_factory=set)
+    via: dict["asyncio.Task[int]", PeerLink] = field(default_factory=dict)  # the link each request went on
+    staging: set[asyncio.Future[int]] = field(default_factory=set)
     order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
     order_version: int = -1
     cursor: int = 0  # order[:cursor] is all done
@@ -64,7 +96,7 @@ class _State:
 
 async def fetch(
     peers: PeerManager,
-    store: BlockStore,
+    sink: Sink,
     groups: list[Group],
     holders: Callable[[bytes], set[PeerId]],
     progress: Callable[[int], None] | None = None,
@@ -75,13 +107,13 @@ async def fetch(
     Raises FetchError when for `stall_timeout` seconds no connected peer could be asked for
     any wanted block.
     """
-    st = _State(store, _distinct(groups), holders)
+    st = _State(sink, _distinct(groups), holders)
     st.flying = [0] * len(st.groups)
     st.open = len(st.groups)  # _distinct keeps only groups that need something
     for gi, g in enumerate(st.groups):
         for bid in g.candidates:
             st.group_of[bid] = gi
-    tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]] = {}
+    tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]] = {}
     fetched = 0
     try:
         while st.open:
@@ -108,9 +140,9 @@ async def fetch(
     finally:
         for task in tasks:
             task.cancel()
-        # Staging threads cannot be stopped: let them finish so every durable block gets its row.
+        # Sink threads cannot be stopped: let them finish so every durable block counts.
         await asyncio.gather(*st.staging, return_exceptions=True)
-        _commit(st)  # what arrived is kept: an interrupted fetch resumes from here
+        st.sink.settle(final=True)  # what arrived is kept: an interrupted fetch resumes from here
     return fetched
 
 
@@ -127,12 +159,6 @@ def _distinct(groups: list[Group]) -> list[Group]:
     return out
 
 
-def _commit(st: _State) -> None:
-    """Make staged blocks visible in one transaction (their files are already durable)."""
-    st.store.commit(st.staged)
-    st.staged = []
-
-
 def _reorder(peers: PeerManager, st: _State) -> None:
     """Rarest first; among equals, file order (so reads downstream stay mostly sequential)."""
     blocks = [b for g in st.groups if g.need > 0 for b in g.candidates]
@@ -142,7 +168,7 @@ def _reorder(peers: PeerManager, st: _State) -> None:
     st.cursor = 0
 
 
-def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]]) -> None:
+def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]]) -> None:
     links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
     free = sum(max(0, PER_PEER_INFLIGHT - st.per_peer.get(pid, 0)) for pid in links)
     if not free:
@@ -170,7 +196,7 @@ def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[Staged], 
 
 
 def _start_from_best(
-    links: dict[PeerId, PeerLink], st: _State, tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]], bid: bytes
+    links: dict[PeerId, PeerLink], st: _State, tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]], bid: bytes
 ) -> bool:
     """Ask the least busy holder that has not failed us for this block; False if none can."""
     busy = st.inflight.get(bid, set())
@@ -193,31 +219,25 @@ def _start_from_best(
     return True
 
 
-async def _fetch_one(link: PeerLink, st: _State, bid: bytes) -> Staged:
-    """Request one block and stage it (verify, write, fsync) in a thread.
+async def _fetch_one(link: PeerLink, st: _State, bid: bytes) -> int:
+    """Request one block and hand it to the sink (verify, write) in a thread.
 
-    Staging inside the request task lets many blocks hash and fsync at once while the
-    scheduler keeps every peer's request slots busy. A staged block is recorded for the
-    batched commit even if this task is cancelled meanwhile (an endgame duplicate).
+    Sinking inside the request task lets many blocks hash and write at once while the
+    scheduler keeps every peer's request slots busy. A block the sink took counts even if
+    this task is cancelled meanwhile (an endgame duplicate).
     """
     data = await link.get_block(bid, REQUEST_TIMEOUT)
-    future = asyncio.get_running_loop().run_in_executor(None, st.store.stage, data, bid)
+    future = asyncio.get_running_loop().run_in_executor(None, st.sink.accept, bid, data)
     st.staging.add(future)
-    future.add_done_callback(lambda f: _staged(st, f))
+    future.add_done_callback(st.staging.discard)
     return await asyncio.shield(future)
-
-
-def _staged(st: _State, future: "asyncio.Future[Staged]") -> None:
-    st.staging.discard(future)
-    if not future.cancelled() and future.exception() is None:
-        st.staged.append(future.result())
 
 
 def _complete(
     peers: PeerManager,
     st: _State,
-    tasks: dict[asyncio.Task[Staged], tuple[bytes, PeerId]],
-    task: asyncio.Task[Staged],
+    tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]],
+    task: asyncio.Task[int],
     bid: bytes,
     pid: PeerId,
     progress: Callable[[int], None] | None,
@@ -239,9 +259,8 @@ def _complete(
         if link is not None:
             st.failed.setdefault(bid, set()).add(link)
         return 0
-    staged = task.result()
-    if len(st.staged) >= COMMIT_EVERY:
-        _commit(st)
+    size = task.result()
+    st.sink.settle(final=False)
     if bid not in group.candidates:
         return 0  # an endgame duplicate of a block already stored
     group.need -= 1
@@ -254,5 +273,5 @@ def _complete(
         if obid == bid or (group.need <= 0 and st.group_of.get(obid) == st.group_of[bid]):
             other.cancel()
     if progress:
-        progress(staged.size)
-    return staged.size
+        progress(size)
+    return size

@@ -11,9 +11,10 @@ burst its peer's rate limit would punish.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from peercloud.net.link import PeerLink
-from peercloud.store.index import Index, InventoryItem
+from peercloud.store.index import InventoryItem
 from peercloud.wire import batches
 from peercloud.wire import messages as m
 from peercloud.wire.connection import State
@@ -22,10 +23,20 @@ log = logging.getLogger(__name__)
 PAGE = 500  # objects read from the index per step
 
 
+class Inventory(Protocol):
+    """What this node holds: the index, with the gets in progress added (`swarm/live.py`)."""
+
+    def local_inventory(self, after: bytes, limit: int) -> tuple[list[InventoryItem], bytes | None]:
+        """A page of everything announced, in object ID order after `after`."""
+
+    def inventory_of(self, ids: list[bytes], span: bool = False) -> list[InventoryItem]:
+        """The announcement of these objects."""
+
+
 class InventorySender:
     """Streams this node's HAVEs to one link."""
 
-    def __init__(self, link: PeerLink, index: Index, ready: Callable[[PeerLink], Awaitable[None]]) -> None:
+    def __init__(self, link: PeerLink, index: Inventory, ready: Callable[[PeerLink], Awaitable[None]]) -> None:
         self.link = link
         self.index = index
         self.ready = ready

@@ -15,7 +15,7 @@ from peercloud.identity import Identity, PeerId
 from peercloud.net.link import Address, PeerError, PeerLink, RequestHandler
 from peercloud.store.index import Claim, Index
 from peercloud.swarm.intake import HaveIntake
-from peercloud.swarm.inventory import InventorySender
+from peercloud.swarm.inventory import Inventory, InventorySender
 from peercloud.wire import batches
 from peercloud.wire import messages as m
 from peercloud.wire.connection import State
@@ -71,6 +71,7 @@ class PeerManager:
         self.ready: Callable[[PeerLink], Awaitable[None]] = _at_once  # when to start a link's inventory
         self.links: dict[PeerId, PeerLink] = {}
         self.senders: dict[PeerLink, InventorySender] = {}
+        self.inventory: Inventory = index  # what we announce (the node adds its gets in progress)
         self.intake = HaveIntake(index, member, self._recorded)
         self.inventoried: set[PeerId] = set()  # peers whose whole inventory we have recorded on this link
         self._tasks: set[asyncio.Task[None]] = set()  # replaced links draining
@@ -316,7 +317,7 @@ class PeerManager:
         if self.on_link is not None:
             self.on_link(link)
         self._changed.set()
-        sender = InventorySender(link, self.index, self.ready)
+        sender = InventorySender(link, self.inventory, self.ready)
         self.senders[link] = sender
         loop = asyncio.get_running_loop()
         tasks = [loop.create_task(self._keepalive(link)), loop.create_task(sender.run())]

@@ -1,4 +1,4 @@
-"""The upload service: answer peers' block requests from the local store."""
+"""The upload service: answer peers' block requests from the local store (or a get in progress)."""
 
 import asyncio
 import weakref
@@ -7,14 +7,16 @@ from collections.abc import Callable
 from peercloud.errors import IntegrityError, NotFoundError
 from peercloud.identity import PeerId
 from peercloud.net.link import PeerLink, RequestHandler
-from peercloud.store.blockstore import BlockStore
 from peercloud.wire import messages as m
 
 READS_PER_LINK = 8  # blocks read and queued per peer at once: bounds memory whatever peers ask
 
 
-def block_server(store: BlockStore, served: Callable[[PeerId, bytes], None] = lambda _, __: None) -> RequestHandler:
-    """A request handler serving verified blocks; a damaged local block is reported missing.
+def block_server(
+    read: Callable[[bytes], bytes], served: Callable[[PeerId, bytes], None] = lambda _, __: None
+) -> RequestHandler:
+    """A request handler serving verified blocks (`read` raises NotFoundError or IntegrityError
+    for a block it cannot give: reported missing).
     `served` hears of each block handed out (a deleter tells who fetched an object's manifest)."""
     gates: weakref.WeakKeyDictionary[PeerLink, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -24,7 +26,7 @@ def block_server(store: BlockStore, served: Callable[[PeerId, bytes], None] = la
         gate = gates.setdefault(link, asyncio.Semaphore(READS_PER_LINK))
         async with gate:
             try:
-                data = await asyncio.to_thread(store.get, msg.block)
+                data = await asyncio.to_thread(read, msg.block)
             except (NotFoundError, IntegrityError):
                 await link.answer(msg.id, m.Error(msg.id, "not_found", "block not held here"))
                 return
