@@ -108,6 +108,8 @@ class SegmentWriter:
         self._codec = SegmentCodec(key, manifest.coding)
         self._written = set(output.done)  # segments whose blocks can be re-created for other fetchers
         self._where = {bid: (seg, share) for seg, share, bid in manifest.blocks()}
+        if len(self._where) != len(manifest.blocks()):  # peercloud never writes one: a crafted manifest
+            raise IntegrityError(f"the manifest of {manifest.object_id.hex()[:12]} lists a block twice")
         self._need: dict[int, int] = {}  # segment -> shares to receive before it can be written
         self._arrived: dict[int, dict[int, bytes | memoryview]] = {}
         self._lock = threading.Lock()
@@ -143,6 +145,14 @@ class SegmentWriter:
             del self._need[seg], self._arrived[seg]
         self._write(seg, arrived)
         return len(data)
+
+    def finish(self) -> None:
+        """Every segment is written: the output is complete (checked, not assumed)."""
+        with self._lock:
+            left = self.manifest.segment_count - len(self._written)
+        if left:
+            raise IntegrityError(f"{left} segment(s) of {self.object_id.hex()[:12]} were never written")
+        self.output.finish()
 
     def settle(self, final: bool) -> None:
         """Segments are written as they complete: nothing waits for the event loop."""
@@ -213,20 +223,7 @@ def get_to_file(
             for length in results:
                 if progress:
                     progress(length)
-        partial.finish()
+        writer.finish()
     except BaseException as e:
         partial.abandon(e)
         raise
-
-
-def read_small(store: BlockStore, manifest: Manifest, key: bytes) -> bytes:
-    """A small object's plaintext from local blocks, every block verified."""
-    output = MemoryOutput(manifest)
-    writer = SegmentWriter(store, manifest, key, output)
-    groups, local = writer.plan()
-    if groups:
-        missing = sum(g.need for g in groups)
-        raise NotFoundError(f"{missing} blocks of object {manifest.object_id.hex()[:12]} are missing here")
-    for seg in local:
-        writer.write_local(seg)
-    return bytes(output.data)

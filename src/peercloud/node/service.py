@@ -384,7 +384,7 @@ class NodeService:
                     length = writer.write_local(seg)
                     if progress:
                         progress(length)
-                output.finish()
+                writer.finish()
 
             await asyncio.to_thread(rest)
         finally:

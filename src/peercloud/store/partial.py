@@ -109,12 +109,17 @@ class PartialFile:
         return done
 
     def write(self, segment: int, plaintext: memoryview) -> None:
-        """Write one segment's plaintext at its offset; `plaintext` must start page-aligned for
-        O_DIRECT (an aligned buffer). Counted once `sync` journals it."""
+        """Write one segment's plaintext at its offset (O_DIRECT from a page-aligned buffer, else
+        through the page cache). Counted once `sync` journals it."""
         offset = segment * self.segment_size
         head = len(plaintext) - len(plaintext) % ALIGN if self.direct_fd >= 0 else 0
         if head:
-            _pwrite_all(self.direct_fd, plaintext[:head], offset)
+            try:
+                _pwrite_all(self.direct_fd, plaintext[:head], offset)
+            except OSError as e:  # an unaligned buffer: the page cache takes it
+                if e.errno != errno.EINVAL:
+                    raise
+                head = 0
         if head < len(plaintext):
             _pwrite_all(self.fd, plaintext[head:], offset + head)
         with self._lock:
