@@ -116,6 +116,7 @@ class PeerLink(asyncio.BufferedProtocol):
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[c.Response]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None  # the deadline `_timer` is armed for
         self._on_request = on_request
         self._on_notice = on_notice
         self._on_closed = on_closed
@@ -306,15 +307,17 @@ class PeerLink(asyncio.BufferedProtocol):
                 self._update_reading()
         while (event := self.conn.next_event()) is not None:
             self._deliver(event)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.conn.next_timer()
-        if deadline is not None and self.conn.state is not c.State.CLOSED:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        # Re-armed only for an earlier deadline, not per block: a timer armed for an earlier one
+        # fires, finds nothing due and is armed again for what is left.
+        deadline = self.conn.next_timer() if self.conn.state is not c.State.CLOSED else None
+        if deadline is None or self._timer_at is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer) if deadline is not None else None
+            self._timer_at = deadline
 
     def _on_timer(self) -> None:
-        self._timer = None
+        self._timer, self._timer_at = None, None
         self.conn.handle_timer(self._loop.time())
         self._pump()
 
