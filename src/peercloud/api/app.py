@@ -316,7 +316,7 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @api.post("/v1/unpin")
     async def unpin(req: UnpinRequest) -> dict[str, Any]:
         """Drop this node's copy unless the class minimum needs it."""
-        return views.object_status(await service.unpin(req.cap), None)
+        return views.object_status(await service.holding.unpin(req.cap), None)
 
     def cloud_view() -> dict[str, Any]:
         doc = service.membership.require()

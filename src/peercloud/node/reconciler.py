@@ -351,7 +351,7 @@ class Reconciler:
         log.info("releasing %s shares %s on %s", entry.object_id.hex()[:12], list(cols), PeerId(peer).short())
         try:
             if peer == self.me:
-                await self.service.release(entry.object_id, cols)
+                await self.service.holding.release(entry.object_id, cols)
                 return
             async with self._calls:
                 link = self.service.peers.links[PeerId(peer)]
@@ -369,7 +369,7 @@ class Reconciler:
 
         async def pull() -> None:
             try:
-                await self.service.hold(object_id, cols, class_name)
+                await self.service.holding.hold(object_id, cols, class_name)
             except PeercloudError as e:
                 log.warning("could not pull %s shares %s: %s", object_id.hex()[:12], list(cols), e)
 
@@ -387,7 +387,7 @@ class Reconciler:
             return
         if isinstance(msg, m.Release):
             try:
-                await self.service.release(msg.object, msg.shares)
+                await self.service.holding.release(msg.object, msg.shares)
             except RefusedError as e:
                 await link.answer(msg.id, m.Error(msg.id, "refused", str(e)))
                 return

@@ -9,9 +9,8 @@ import logging
 import shutil
 import sqlite3
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,9 @@ from peercloud.cloud.ledger import (
     indexes_from_bitmap,
 )
 from peercloud.connect.book import AddressBook
-from peercloud.content import erasure
 from peercloud.content.caps import ReadCap
 from peercloud.content.manifest import MAX_MANIFEST_SIZE, Manifest
-from peercloud.errors import IntegrityError, NotFoundError, RefusedError, UsageError
+from peercloud.errors import IntegrityError, NotFoundError, UsageError
 from peercloud.identity import PeerId
 from peercloud.net.link import Address, PeerLink, listen
 from peercloud.node import ingest, retrieve
@@ -35,6 +33,7 @@ from peercloud.node.buckets import Buckets
 from peercloud.node.bucketsync import BucketSync
 from peercloud.node.catalog import CatalogSync
 from peercloud.node.deletion import Deletions
+from peercloud.node.holding import STATUS_WAIT, Holding
 from peercloud.node.ingest import MANIFEST_SEGMENT
 from peercloud.node.ledger_view import known_objects, ledger_view
 from peercloud.node.local import LocalNode
@@ -56,7 +55,6 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY = 60.0
 OUTSIDER_TTL = 3600.0  # an outsider's claims outlive its link by this long
 ANNOUNCE_EVERY = 0.25  # seconds between announcements of what a get in progress can serve
-STATUS_WAIT = 2.0  # seconds to wait for peers to say what they hold of an object new to us
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ class NodeService:
             self.catalog,
             self.manifest,
             node.config.keep_pins,
-            lambda object_id: self._lock(object_id),
+            lambda object_id: self.holding.lock(object_id),
         )
         self.catalog.on_gone = self.deletions.on_gone
         self.bucket_sync = BucketSync(node.identity, node.index, self, node.home.path / "scratch")
@@ -147,9 +145,7 @@ class NodeService:
         self.catalog.owners = self.buckets.owner_keys
         self.deletions.owner_keys = lambda: set(node.index.owner_seeds())
         self._serve_blocks = block_server(self.read_block, self.deletions.on_served)
-        # Held only while in use: a lock nobody holds or waits for goes, so deletes and pulls of
-        # millions of objects leave no lock behind.
-        self._locks: weakref.WeakValueDictionary[bytes, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.holding = Holding(self)  # what this node keeps for the cloud
 
     async def start(self) -> None:
         """Listen for peers and dial the known ones."""
@@ -462,125 +458,6 @@ class NodeService:
         self._record(manifest, cap.object_id.hex()[:12], cap.key if isinstance(cap, ReadCap) else None, pin=True)
         self._announce(manifest.object_id)
         return manifest
-
-    async def hold(self, object_id: bytes, shares: tuple[int, ...], class_name: str) -> None:
-        """Keep share columns of an object for the cloud: pull what is missing, then announce.
-
-        Blocks nobody holds any more (the only holder of an EC column left) are rebuilt from
-        any k shares of their segment and checked against their IDs: no read key is needed.
-        """
-        manifest = await self.manifest(object_id)
-        n, store = manifest.coding.n, self.node.store
-        wanted = [(s, j) for s in range(manifest.segment_count) for j in shares if j < n]
-        me = self.membership.doc.member(self.node.identity.peer_id) if self.membership.doc else None
-        need = sum(manifest.share_size(s) for s, j in wanted if not store.has(manifest.block(s, j)))
-        if me is not None and store.used + need > me.offer:
-            raise RefusedError(f"holding {len(shares)} share column(s) would exceed this member's offer")
-        async with self._lock(object_id):
-            if not self.node.index.catalog(object_id):
-                return  # deleted while this pull waited
-            blocks = [manifest.block(s, j) for s, j in wanted]
-            self.node.index.hold(object_id, [*blocks, object_id])
-            self._record(manifest, "", None, pin=False)  # file names stay with those who have the read cap
-            missing = [b for b in dict.fromkeys(blocks) if not store.has(b)]
-            deadline = time.monotonic() + STATUS_WAIT
-            while missing and not self.node.index.holdings(object_id) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)  # a manifest just fetched: peers are answering our HAVE query
-            holders = self._holders(manifest)
-            online = set(self.peers.links)
-            direct = [b for b in missing if holders(b) & online]
-            if direct:
-                await fetch.fetch(self.peers, fetch.StoreSink(store), [fetch.Group([b], 1) for b in direct], holders)
-            lost = [(s, j) for s, j in wanted if not store.has(manifest.block(s, j))]
-            if lost and n > 1:
-                await self._rebuild(manifest, lost, holders)
-            self._announce(object_id)
-
-    async def _rebuild(
-        self, manifest: Manifest, lost: list[tuple[int, int]], holders: Callable[[bytes], set[PeerId]]
-    ) -> None:
-        store, k, n = self.node.store, manifest.coding.k, manifest.coding.n
-        segments = sorted({s for s, _ in lost})
-        groups = []
-        for s in segments:
-            others = [manifest.block(s, j) for j in range(n) if not store.has(manifest.block(s, j))]
-            have = n - len(others)
-            if have < k:
-                groups.append(fetch.Group([b for b in others if holders(b) & set(self.peers.links)], k - have))
-        if groups:
-            await fetch.fetch(self.peers, fetch.StoreSink(store), groups, holders)
-
-        def rebuild() -> None:
-            for s, j in lost:
-                shares = retrieve.read_segment_blocks(store, manifest, s)
-                ciphertext = bytes(erasure.decode(manifest.coding, shares, manifest.ciphertext_length(s)))
-                store.put(erasure.encode(manifest.coding, ciphertext)[j], expect=manifest.block(s, j))
-
-        await asyncio.to_thread(rebuild)
-        log.info("rebuilt %d lost share(s) of %s", len(lost), manifest.object_id.hex()[:12])
-        # The other shares were only needed to decode: what nothing keeps goes again.
-        helpers = [manifest.block(s, j) for s in segments for j in range(n)]
-        await self._drop(manifest.object_id, helpers)
-
-    async def release(self, object_id: bytes, shares: tuple[int, ...]) -> None:
-        """Stop keeping share columns for the cloud, unless this node is one of their keepers.
-
-        Whoever asks, and however many holders are asked at once, the keeper rule
-        (`cloud/keepers.py`) keeps the class whole. Blocks nothing else keeps are deleted.
-        """
-        if not self.node.store.has(object_id):
-            return
-        if self.node.index.is_pinned(object_id):
-            raise RefusedError("pinned by hand on this node")
-        async with self._lock(object_id):
-            manifest = self.node.manifest(object_id)
-            n = manifest.coding.n
-            asked = {j for j in shares if j < n}
-            allowed = self.reconciler.releasable(object_id, asked)
-            blocks = [manifest.block(s, j) for s in range(manifest.segment_count) for j in sorted(allowed)]
-            if blocks:
-                self.node.index.release(object_id, blocks)
-                await self._drop(object_id, blocks)
-            if asked - allowed:
-                raise RefusedError(
-                    f"the class needs this node's share column(s) {sorted(asked - allowed)}: "
-                    "it is one of their keepers among the proved, online holders"
-                )
-
-    async def _drop(self, object_id: bytes, blocks: list[bytes]) -> None:
-        stored = [b for b in dict.fromkeys(blocks) if self.node.store.has(b)]
-        kept = self.node.index.kept(stored)
-        doomed = [b for b in stored if b not in kept]
-        await asyncio.to_thread(self.node.store.delete, doomed)
-        self.reconciler.dirty.add(object_id)
-        self._announce(object_id)
-
-    def _lock(self, object_id: bytes) -> asyncio.Lock:
-        """Pulls, releases and unpins of one object run one at a time."""
-        lock = self._locks.get(object_id)
-        if lock is None:
-            lock = self._locks[object_id] = asyncio.Lock()
-        return lock
-
-    async def unpin(self, text: str) -> ObjectStatus:
-        """Drop this node's copy, unless it keeps a column the class needs (it is a keeper)."""
-        object_id = self.node.resolve(text).object_id
-        async with self._lock(object_id):
-            status = self.ledger(object_id)
-            n = max(1, status.n)
-            needed = set(range(n)) - self.reconciler.releasable(object_id, set(range(n)))
-            if status.storage_class is not None and needed:
-                unit = "copies" if n == 1 else "shares per segment"
-                left = replace(status, holders=tuple(h for h in status.holders if not h.is_self)).redundancy()
-                raise RefusedError(
-                    f"refusing to unpin: this node keeps a copy class {status.storage_class.name} needs; without it"
-                    f" the object would have {left.available} {unit} proved online, below its keepers'"
-                )
-            self.node.index.unpin(object_id)
-            self.node.index.release(object_id)
-            self.node.index.hold(object_id, [object_id])  # the manifest stays: the ledger still needs its shape
-            await self._drop(object_id, [bid for _, _, bid in self.node.manifest(object_id).blocks()])
-        return self.ledger(object_id)
 
     def ledger(self, object_id: bytes) -> ObjectStatus:
         """The ledger's view of one object, with its class when the cloud knows it."""
