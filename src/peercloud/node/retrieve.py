@@ -154,8 +154,8 @@ class SegmentWriter:
             raise IntegrityError(f"{left} segment(s) of {self.object_id.hex()[:12]} were never written")
         self.output.finish()
 
-    def settle(self, final: bool) -> None:
-        """Segments are written as they complete: nothing waits for the event loop."""
+    def flush(self) -> None:
+        """Segments are written as they complete: nothing is left to make count."""
 
     def write_local(self, segment: int) -> int:
         """Write a segment from the local store alone; returns its plaintext length."""

@@ -11,6 +11,7 @@ a peer that sends a block failing verification is banned and the block is fetche
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,28 +41,36 @@ class Sink(Protocol):
         """Verify a block against its ID and keep it (runs in a worker thread, several at once);
         returns its size; IntegrityError when it does not verify."""
 
-    def settle(self, final: bool) -> None:
-        """On the event loop, after each block and once at the end: make what was accepted count."""
+    def flush(self) -> None:
+        """The fetch ended, however it ended: make everything accepted count (a worker thread)."""
 
 
 class StoreSink:
-    """Blocks into the block store: staged (verified, durable) in threads, committed in batches."""
+    """Blocks into the block store: staged (verified, durable) and committed in batches, all in
+    the worker threads (fsyncs and index transactions stay off the event loop)."""
 
     def __init__(self, store: BlockStore) -> None:
         self.store = store
-        self.staged: list[Staged] = []
+        self._staged: list[Staged] = []
+        self._lock = threading.Lock()
 
     def accept(self, block_id: bytes, data: bytes | memoryview) -> int:
-        """Stage the block; its index row comes with the next batched commit."""
+        """Stage the block; every COMMIT_EVERY staged blocks are committed in one transaction."""
         staged = self.store.stage(data, block_id)
-        self.staged.append(staged)  # list.append is atomic: staging threads share the list
+        batch: list[Staged] = []
+        with self._lock:
+            self._staged.append(staged)
+            if len(self._staged) >= COMMIT_EVERY:
+                batch, self._staged = self._staged, []
+        if batch:
+            self.store.commit(batch)
         return staged.size
 
-    def settle(self, final: bool) -> None:
-        """Commit staged blocks in one transaction every COMMIT_EVERY, and at the end."""
-        if final or len(self.staged) >= COMMIT_EVERY:
-            batch, self.staged = self.staged, []
-            self.store.commit(batch)
+    def flush(self) -> None:
+        """Commit what is staged and not committed yet."""
+        with self._lock:
+            batch, self._staged = self._staged, []
+        self.store.commit(batch)
 
 
 @dataclass
@@ -142,7 +151,7 @@ async def fetch(
             task.cancel()
         # Sink threads cannot be stopped: let them finish so every durable block counts.
         await asyncio.gather(*st.staging, return_exceptions=True)
-        st.sink.settle(final=True)  # what arrived is kept: an interrupted fetch resumes from here
+        await asyncio.to_thread(st.sink.flush)  # what arrived is kept: an interrupted fetch resumes from here
     return fetched
 
 
@@ -260,7 +269,6 @@ def _complete(
             st.failed.setdefault(bid, set()).add(link)
         return 0
     size = task.result()
-    st.sink.settle(final=False)
     if bid not in group.candidates:
         return 0  # an endgame duplicate of a block already stored
     group.need -= 1
