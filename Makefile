@@ -35,6 +35,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/python -c 'import libtorrent' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/cli_start.py
 	$(BIN)/python bench/add_get.py
 	$(BIN)/python bench/transfer.py
