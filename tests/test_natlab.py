@@ -16,7 +16,7 @@ from peercloud.node.config import load_config
 from peercloud.relay.server import RelaySettings
 
 from .conftest import random_bytes
-from .daemons import block_files
+from .daemons import partial_mib
 from .natlab import Lab, LabDaemon, natlab
 
 pytestmark = pytest.mark.timeout(600)
@@ -131,9 +131,8 @@ def test_the_second_relay_takes_over_when_the_first_dies_mid_transfer(tmp_path: 
         out = tmp_path / "copy.bin"
         via = peer_row(b, a)["via"]
         doomed = first if via == first.peer_id else second
-        before = block_files(b.home)
         getter = lab.popen("h2a", b.home, "get", added["read_cap"], "-o", str(out))
-        while block_files(b.home) < before + 16:  # the transfer is under way: 16 of 129 blocks arrived
+        while partial_mib(out) < 16:  # the transfer is under way: 16 of 128 MiB written
             assert getter.poll() is None, "the get ended before the relay could die"
             time.sleep(0.01)
         doomed.proc.kill()

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 log = logging.getLogger(__name__)
 MAGIC = b"PCR1"
@@ -89,7 +90,7 @@ class SpliceEnd(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Give the end JOIN_TIMEOUT to present a token of a circuit and see its partner join."""
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # a stream's (uvloop's is not a subclass)
         self.transport = transport
         if self.joining.count >= self.joining.limit:
             self.joining.refused += 1
