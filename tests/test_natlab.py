@@ -87,12 +87,17 @@ def logged(d: LabDaemon, text: str) -> bool:
     return text in (d.home.parent / f"{d.home.name}.log").read_text()
 
 
+TCPDUMP_FLAGS = ("-s", "0", "-B", "262144")  # whole packets, a 256 MiB capture buffer
+
+
 def test_behind_a_symmetric_nat_a_relay_carries_a_50mib_get_and_sees_only_ciphertext(tmp_path: Path) -> None:
     with natlab(tmp_path, {1: (1, "cone"), 2: (1, "symmetric")}) as lab:
         pub = lab.start("pub", "pub", roles=("directory", "relay"))
         capture = tmp_path / "relay.pcap"
         dump = subprocess.Popen(
-            ["ip", "netns", "exec", lab.ns("pub"), "tcpdump", "-i", "eth0", "-w", str(capture), "-U", "-s", "0"],
+            # A 256 MiB capture buffer: the get crosses the relay twice (in and out) at several
+            # hundred MB/s, faster than a loaded machine lets tcpdump write it out.
+            ["ip", "netns", "exec", lab.ns("pub"), "tcpdump", "-i", "eth0", "-w", str(capture), *TCPDUMP_FLAGS],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -1,5 +1,6 @@
 """The wire protocol driven in memory: no sockets, time passed in by hand."""
 
+import os
 import struct
 
 import msgpack
@@ -271,3 +272,31 @@ def test_timeout_cancels_at_the_peer() -> None:
     a.handle_timer(2.0)
     pump(a, b)
     assert [type(e) for e in events(b)] == [Request, Notice]
+
+
+def test_a_payload_larger_than_the_first_buffer_arrives_whole() -> None:
+    # Records after the first land in the payload buffer in place; past PREALLOCATE it grows.
+    a, b, _, _ = connected()
+    events(a), events(b)
+    rid = a.request(m.GetBlock(a.new_id(), b"\x07" * 32), 0.0)
+    pump(a, b)
+    payload = os.urandom(frames.PREALLOCATE * 2 + 12345)
+    b.respond(rid, m.BlockData(rid, b"\x07" * 32), payload)
+    pump(a, b)
+    (got,) = [e for e in events(a) if isinstance(e, Response)]
+    assert bytes(got.payload) == payload
+
+
+def test_the_decoder_offers_room_only_inside_a_kept_payload() -> None:
+    d = frames.FrameDecoder()
+    frame = b"".join(frames.encode_frame(m.BlockData(1, b"a" * 32), b"z" * 100_000))
+    assert d.payload_room(10) is None  # no frame yet
+    assert d.feed(frame[:1000]) == []
+    assert d.payload_room(len(frame)) is None  # more than the payload has left
+    room = d.payload_room(len(frame) - 1000)
+    assert room is not None
+    room[:] = frame[1000:]
+    room.release()
+    ((msg, body),) = d.advance(len(frame) - 1000)
+    assert isinstance(msg, m.BlockData) and bytes(body) == b"z" * 100_000
+    assert d.payload_room(1) is None

@@ -360,15 +360,25 @@ class PeerConnection:
                 (n,) = _LEN.unpack_from(buf, pos)
                 if len(buf) - pos < 2 + n:
                     break
-                plaintext = self._recv.decrypt(b"", view[pos + 2 : pos + 2 + n])
+                record, size = view[pos + 2 : pos + 2 + n], n - TAGLEN
+                try:
+                    room = self._frames.payload_room(size)
+                    if room is not None:  # inside a block's payload: decrypt in place
+                        self._recv.decrypt_into(b"", record, room)
+                        room.release()
+                        frames = self._frames.advance(size)
+                    else:
+                        frames = self._frames.feed(self._recv.decrypt(b"", record))
+                finally:
+                    record.release()  # `buf` is resized below: no view of it may outlive this
                 pos += 2 + n
-                for msg, body in self._frames.feed(plaintext):
+                for msg, body in frames:
                     self._dispatch(msg, body)
                     if self.state is not State.OPEN:
                         return
                 # A record is full or ends at a frame boundary (our sender cuts frames so): a
                 # frame dribbled in tiny records would cost a record's overhead per byte.
-                if self._frames.partial and len(plaintext) < RECORD_PLAINTEXT:
+                if self._frames.partial and size < RECORD_PLAINTEXT:
                     raise m.ProtocolError("a record ended inside a frame without being full")
         finally:
             view.release()

@@ -23,6 +23,7 @@ from peercloud.wire.messages import (
 )
 
 MAX_FRAME_BODY = 2 + MAX_HEADER + MAX_PAYLOAD
+PREALLOCATE = 2 * 1024 * 1024  # a payload buffer's first size: a default block (1 MiB + tag) fits
 _FRAME_HEAD = struct.Struct(">IH")
 
 
@@ -50,7 +51,8 @@ class FrameDecoder:
         self._msg: Message | None = None  # header decoded, payload still arriving
         self._left = 0  # payload bytes still to come
         self._keep = True
-        self._payload: bytearray | None = None
+        self._payload: bytearray | None = None  # the payload being gathered (see `_room`)
+        self._filled = 0
 
     @property
     def partial(self) -> bool:
@@ -73,16 +75,49 @@ class FrameDecoder:
                 out.append((self._msg, view[pos : pos + take]))  # whole in this piece: no copy
                 self._keep = False  # already delivered
             else:
-                if self._payload is None:
-                    self._payload = bytearray()
-                self._payload += view[pos : pos + take]
+                room = self._room(take)
+                room[:] = view[pos : pos + take]
+                room.release()
+                self._filled += take
             pos += take
             self._left -= take
-            if self._left == 0:
-                if self._keep and self._payload is not None:
-                    out.append((self._msg, memoryview(self._payload)))
-                self._msg, self._payload, self._keep = None, None, True
+            self._complete(out)
         return out
+
+    def payload_room(self, n: int) -> memoryview | None:
+        """The next `n` bytes of the payload being gathered, for a caller that writes them there
+        directly (decrypts in place), then calls `advance(n)`; None unless a kept payload is
+        partly gathered and `n` bytes of it are still to come."""
+        if self._payload is None or self._msg is None or not self._keep or not 0 <= n <= self._left:
+            return None
+        return self._room(n)
+
+    def _room(self, n: int) -> memoryview:
+        """A view of the next `n` payload bytes, the buffer grown as needed: sized for the whole
+        payload up to PREALLOCATE at once (no copy for a block of that size), doubling beyond,
+        so a peer that announces a payload and stalls holds little it did not send."""
+        buf, end = self._payload, self._filled + n
+        if buf is None or end > len(buf):
+            total = self._filled + self._left
+            grown = bytearray(min(total, max(end, PREALLOCATE, 2 * len(buf) if buf is not None else 0)))
+            if buf is not None:
+                grown[: self._filled] = buf[: self._filled]
+            self._payload = buf = grown
+        return memoryview(buf)[self._filled : end]
+
+    def advance(self, n: int) -> list[tuple[Message, memoryview]]:
+        """`n` bytes were written at the start of `payload_room()`: the message, once complete."""
+        self._filled += n
+        self._left -= n
+        out: list[tuple[Message, memoryview]] = []
+        self._complete(out)
+        return out
+
+    def _complete(self, out: list[tuple[Message, memoryview]]) -> None:
+        if self._left == 0 and self._msg is not None:
+            if self._keep and self._payload is not None:
+                out.append((self._msg, memoryview(self._payload)))
+            self._msg, self._payload, self._keep = None, None, True
 
     def _read_header(self, view: memoryview, pos: int, out: list[tuple[Message, memoryview]]) -> int:
         """Consume frame head and header from `view` at `pos`; returns the new position."""
@@ -119,7 +154,7 @@ class FrameDecoder:
             if keep:
                 out.append((msg, memoryview(b"")))
             return
-        self._msg, self._left, self._keep, self._payload = msg, payload_len, keep, None
+        self._msg, self._left, self._keep, self._payload, self._filled = msg, payload_len, keep, None, 0
 
 
 def _check_lengths(body_len: int, header_len: int) -> None:

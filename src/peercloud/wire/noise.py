@@ -73,6 +73,16 @@ class CipherState:
         self.n += 1
         return out
 
+    def decrypt_into(self, ad: bytes, ciphertext: bytes | memoryview, out: memoryview) -> None:
+        """`decrypt` into `out` (exactly the plaintext's length): a block's records land in its
+        payload buffer, with no plaintext object per record. Needs the key."""
+        assert self._aead is not None
+        try:
+            self._aead.decrypt_into(self._nonce(), ciphertext, ad or None, out)
+        except InvalidTag:
+            raise NoiseError("message failed authentication") from None
+        self.n += 1
+
     def decrypt(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """Decrypt with the next nonce; the nonce only advances on success."""
         if self._aead is None:
