@@ -300,3 +300,17 @@ def test_the_decoder_offers_room_only_inside_a_kept_payload() -> None:
     ((msg, body),) = d.advance(len(frame) - 1000)
     assert isinstance(msg, m.BlockData) and bytes(body) == b"z" * 100_000
     assert d.payload_room(1) is None
+
+
+def test_frames_of_every_size_cross_record_boundaries_intact() -> None:
+    # Sizes around one record: a frame ending exactly at, just before and just after a record.
+    a, b, _, _ = connected()
+    events(a), events(b)
+    for size in (0, 1, 65_519 - 60, 65_519 - 40, 65_519, 65_519 * 2 + 5):
+        rid = a.request(m.GetBlock(a.new_id(), b"\x09" * 32), 0.0)
+        pump(a, b)
+        payload = os.urandom(size)
+        b.respond(rid, m.BlockData(rid, b"\x09" * 32), payload)
+        pump(a, b)
+        (got,) = [e for e in events(a) if isinstance(e, Response)]
+        assert bytes(got.payload) == payload
