@@ -88,7 +88,12 @@ def cli(home: Path, *args: str) -> str:
     """Run the peercloud CLI against a home; its stdout (SystemExit with its stderr when it fails)."""
     done = subprocess.run([*CLI, "--home", str(home), *args], capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"peercloud {args[0]} failed ({done.returncode}) on {home.name}: {done.stderr[-2000:]}")
+        log = home / "daemon.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no daemon.log)"
+        raise SystemExit(
+            f"peercloud {args[0]} failed ({done.returncode}) on {home.name}: {done.stderr[-2000:]}\n"
+            f"its daemon.log ends:\n{tail}"
+        )
     return done.stdout
 
 
