@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from types import FrameType
 
 import uvicorn
-import uvloop
 
 from peercloud.api.app import create_app
 from peercloud.errors import PeercloudError
@@ -176,7 +175,7 @@ def serve(
     keep_freed_memory()
     shutdown = Shutdown()
     shutdown.install()
-    loop = uvloop.new_event_loop()  # libuv's: a 512 MiB get took 17 % less time than on asyncio's (0017)
+    loop = asyncio.new_event_loop()  # not uvloop's: see decision 0017
     try:
         loop.run_until_complete(run(home, listen, api, announce, shutdown, roles))
     finally:
