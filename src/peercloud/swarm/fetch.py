@@ -11,6 +11,7 @@ a peer that sends a block failing verification is banned and the block is fetche
 
 import asyncio
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -95,6 +96,7 @@ class _State:
     staging: set[asyncio.Future[int]] = field(default_factory=set)
     order: list[bytes] = field(default_factory=list)  # rarest first, rebuilt when HAVEs change
     order_version: int = -1
+    salt: int = field(default_factory=lambda: random.getrandbits(64))  # this fetch's order among equals
     cursor: int = 0  # order[:cursor] is all done
     open: int = 0  # groups still needing blocks (counted, not rescanned: a get may have 500,000)
 
@@ -169,10 +171,12 @@ def _distinct(groups: list[Group]) -> list[Group]:
 
 
 def _reorder(peers: PeerManager, st: _State) -> None:
-    """Rarest first; among equals, file order (so reads downstream stay mostly sequential)."""
+    """Rarest first; among equals, in an order of this fetch's own (BitTorrent's random first
+    pieces): fetchers started together then hold different blocks and can serve each other,
+    where in file order they would all want the same blocks from the seeder at once."""
     blocks = [b for g in st.groups if g.need > 0 for b in g.candidates]
     rarity = {b: len(st.holders(b)) for b in blocks}
-    st.order = sorted(blocks, key=rarity.__getitem__)
+    st.order = sorted(blocks, key=lambda b: (rarity[b], hash((st.salt, b))))
     st.order_version = peers.have_version
     st.cursor = 0
 

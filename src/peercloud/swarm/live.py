@@ -87,12 +87,19 @@ class LiveInventory:
         """The index's announcement of these objects, plus what gets in progress can serve."""
         items = {i.object_id: self._with_live(i) for i in self.index.inventory_of(ids, span)}
         for object_id in ids:
-            if object_id not in items and (live := self.live.bitmap(object_id)) is not None:
+            if object_id not in items and (live := self._live(object_id)) is not None:
                 items[object_id] = InventoryItem(object_id, live, False, False)
         return list(items.values())
 
+    def _live(self, object_id: bytes) -> bytes | None:
+        """What a get in progress adds, for objects outside the cloud's catalog only: members
+        count each other's claims on the cloud's objects as copies (placement, keepers), and a
+        get's blocks are gone when it ends; the cloud's objects have their holders to serve."""
+        live = self.live.bitmap(object_id)
+        return None if live is None or self.index.catalog(object_id) else live
+
     def _with_live(self, item: InventoryItem) -> InventoryItem:
-        live = self.live.bitmap(item.object_id)
+        live = self._live(item.object_id)
         if live is None or len(live) != len(item.bitmap):
             return item
         return replace(item, bitmap=bytes(a | b for a, b in zip(item.bitmap, live, strict=True)))
