@@ -171,12 +171,14 @@ def _distinct(groups: list[Group]) -> list[Group]:
 
 
 def _reorder(peers: PeerManager, st: _State) -> None:
-    """Rarest first; among equals, in an order of this fetch's own (BitTorrent's random first
-    pieces): fetchers started together then hold different blocks and can serve each other,
-    where in file order they would all want the same blocks from the seeder at once."""
+    """Rarest first; among equals, groups in an order of this fetch's own (BitTorrent's random
+    first pieces): fetchers started together then hold different blocks and can serve each
+    other, where in file order they would all want the same blocks from the seeder at once. A
+    group's blocks stay together, so an erasure-coded segment's shares arrive together and wait
+    in memory only briefly."""
     blocks = [b for g in st.groups if g.need > 0 for b in g.candidates]
     rarity = {b: len(st.holders(b)) for b in blocks}
-    st.order = sorted(blocks, key=lambda b: (rarity[b], hash((st.salt, b))))
+    st.order = sorted(blocks, key=lambda b: (rarity[b], hash((st.salt, st.group_of[b]))))
     st.order_version = peers.have_version
     st.cursor = 0
 
