@@ -4,11 +4,13 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -252,15 +254,22 @@ def bytes_from(d: Daemon, peer_id: str) -> int:
     return int(next(p for p in d.json("peers") if p["peer_id"] == peer_id)["bytes_in"])
 
 
-def test_interrupted_get_resumes_with_the_segments_it_had(
+def get_under_way(
     daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
-) -> None:
+) -> tuple[Daemon, Daemon, Path, dict[str, Any], Path, "subprocess.Popen[str]"]:
+    """a holds a 300 MiB object, b is getting it (the CLI still running)."""
     a, b = daemons("a"), daemons("b")
     src = make_file(300 * 1024 * 1024, name="big.bin")
     added = a.json("add", str(src), "--class", "replica-1")
     link(b, a)
     out = tmp_path / "out.bin"
-    getter = run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
+    return a, b, src, added, out, run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
+
+
+def test_interrupted_get_resumes_with_the_segments_it_had(
+    daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    a, b, src, added, out, getter = get_under_way(daemons, make_file, tmp_path)
     wait_for(lambda: partial_mib(out) >= 60 or getter.poll() is not None, what="transfer to start")
     a.kill()  # the only source dies: the get fails cleanly, keeping what it verified
     assert getter.wait(timeout=120) != 0
@@ -285,12 +294,7 @@ def test_interrupted_get_resumes_with_the_segments_it_had(
 def test_get_resumes_after_the_getter_is_killed(
     daemons: Callable[[str], Daemon], make_file: Callable[..., Path], tmp_path: Path
 ) -> None:
-    a, b = daemons("a"), daemons("b")
-    src = make_file(300 * 1024 * 1024, name="big.bin")
-    added = a.json("add", str(src), "--class", "replica-1")
-    link(b, a)
-    out = tmp_path / "out.bin"
-    getter = run_cli_async(b.home, "get", added["read_cap"], "-o", str(out))
+    a, b, src, added, out, getter = get_under_way(daemons, make_file, tmp_path)
     wait_for(lambda: journalled(out) >= 64 or getter.poll() is not None, what="a journalled part")
     b.kill()  # the getting daemon dies mid-way (SIGKILL): its journal says what is safe to keep
     getter.wait(timeout=30)
