@@ -314,3 +314,43 @@ def test_frames_of_every_size_cross_record_boundaries_intact() -> None:
         pump(a, b)
         (got,) = [e for e in events(a) if isinstance(e, Response)]
         assert bytes(got.payload) == payload
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=200_000), max_size=12),
+    sizes=st.lists(st.sampled_from([0, 1, 65_000, 65_519, 300_000]), min_size=1, max_size=3),
+)
+def test_records_cut_anywhere_by_the_network_arrive_intact(cuts: list[int], sizes: list[int]) -> None:
+    # Records are opened straight from the piece that arrived; a record the piece's end cuts
+    # (its length prefix included) is completed from the next pieces.
+    a, b, _, _ = connected()
+    events(a), events(b)
+    payloads = {}
+    for size in sizes:
+        rid = a.request(m.GetBlock(a.new_id(), b"\x0a" * 32), 0.0)
+        pump(a, b)
+        payloads[rid] = os.urandom(size)
+        b.respond(rid, m.BlockData(rid, b"\x0a" * 32), payloads[rid])
+    wire = b"".join(b.data_to_send())
+    at = 0
+    for cut in [*cuts, len(wire)]:
+        a.receive_data(memoryview(wire)[at : at + cut], 0.0)
+        at += cut
+        if at >= len(wire):
+            break
+    got = {e.request_id: bytes(e.payload) for e in events(a) if isinstance(e, Response)}
+    assert got == payloads and a.state is State.OPEN
+
+
+def test_records_right_behind_the_last_handshake_message_are_read() -> None:
+    # The initiator may send its first request in the same piece as the handshake's last message.
+    ia, ib = Identity.generate(), Identity.generate()
+    a = PeerConnection(True, ia, HELLO, 0.0, expected_peer=ib.peer_id)
+    b = PeerConnection(False, ib, HELLO, 0.0)
+    b.receive_data(b"".join(a.data_to_send()), 0.0)  # message 1
+    a.receive_data(b"".join(b.data_to_send()), 0.0)  # message 2: a is open
+    rid = a.request(m.Ping(a.new_id()), 0.0)
+    b.receive_data(b"".join(a.data_to_send()), 0.0)  # message 3 and the ping, in one piece
+    a.receive_data(b"".join(b.data_to_send()), 0.0)
+    assert any(isinstance(e, Response) and e.request_id == rid for e in events(a))

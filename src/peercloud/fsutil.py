@@ -73,7 +73,7 @@ def write_new_file_direct(path: Path, data: bytes | memoryview) -> None:
     pages, which on this project's reference VM costs more than the disk write itself
     (docs/decisions/0004-block-store.md).
     """
-    writer = DirectAppender.create(path, os.O_TRUNC)
+    writer = DirectAppender.create(path)
     try:
         writer.append(data)
         writer.finish()
@@ -93,13 +93,13 @@ class DirectAppender:
         self._carry = b""
 
     @classmethod
-    def create(cls, path: Path, mode: int = os.O_EXCL) -> "DirectAppender":
-        """Create `path` (O_EXCL, or O_TRUNC to replace), asking for O_DIRECT and settling for less.
+    def create(cls, path: Path) -> "DirectAppender":
+        """Create or truncate `path`, asking for O_DIRECT and settling for less.
 
         The unaligned tail of the data goes through the page cache; where O_DIRECT is refused
         (tmpfs, some FUSE) everything does.
         """
-        flags = os.O_WRONLY | os.O_CREAT | mode
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         try:
             fd = os.open(path, flags | getattr(os, "O_DIRECT", 0), 0o644)
         except OSError as e:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
@@ -68,6 +69,7 @@ class Deletions:
         self.keep_pins = keep_pins
         self.lock = lock  # the object's: a pull for placement never runs across its deletion
         self.served: dict[bytes, set[PeerId]] = {}  # object -> outsiders that fetched its manifest here
+        self._served_lock = threading.Lock()  # `on_served` runs in the block server's threads
         self._tasks: set[asyncio.Task[None]] = set()
         self._answered = asyncio.Event()
         self._resumed = False  # deletes a crash interrupted are finished at the first member link
@@ -127,7 +129,9 @@ class Deletions:
         claimants = {PeerId(h.peer_id) for _, h in self.index.holdings(object_id) if h.bitmap.strip(b"\0")}
         if self.index.get_object(object_id) is not None:
             claimants.add(self.me)
-        outsiders = {p for p in claimants if p not in members} | self.served.get(object_id, set())
+        with self._served_lock:
+            fetched = set(self.served.get(object_id, ()))
+        outsiders = {p for p in claimants if p not in members} | fetched
         return [p.public_key for p in claimants & members], [p.public_key for p in outsiders]
 
     async def _wait_for_online(self, object_id: bytes, holders: list[bytes]) -> None:
@@ -271,8 +275,11 @@ class Deletions:
                 self._take(receipt, holder in issued[1])
 
     def on_served(self, peer: PeerId, block_id: bytes) -> None:
-        """An outsider fetched a block here: if it is an object's manifest, note who has it."""
-        if not self.membership.is_member(peer) and self.index.catalog(block_id):
+        """An outsider fetched a block here: if it is an object's manifest, note who has it (in the
+        block server's worker thread: an index query per served block stays off the loop)."""
+        if self.membership.is_member(peer) or not self.index.catalog(block_id):
+            return
+        with self._served_lock:
             if len(self.served) >= SERVED_OBJECTS and block_id not in self.served:
                 del self.served[next(iter(self.served))]  # memory stays bounded: the oldest goes
             fetchers = self.served.setdefault(block_id, set())

@@ -351,11 +351,10 @@ class NodeService:
         self.catalog.check_manifest(manifest)
         return manifest
 
-    async def _read(
-        self, manifest: Manifest, key: bytes, output: retrieve.Output, progress: Progress | None, serve: bool = False
-    ) -> None:
-        """Fetch what the local store lacks into `output`, segment by segment, in one pass; with
-        `serve`, other fetchers get the blocks of what is written meanwhile (`swarm/live.py`)."""
+    async def _read(self, manifest: Manifest, key: bytes, output: retrieve.Output, progress: Progress | None) -> None:
+        """Fetch what the local store lacks into `output`, segment by segment, in one pass; other
+        fetchers get the blocks of what is written meanwhile (`swarm/live.py`: only for objects
+        outside the cloud's catalog)."""
         writer = retrieve.SegmentWriter(self.node.store, manifest, key, output)
         groups, local = writer.plan()
         if progress and output.done:
@@ -366,12 +365,11 @@ class NodeService:
             nonlocal announced
             if progress:
                 progress(n)
-            if serve and time.monotonic() - announced >= ANNOUNCE_EVERY:
+            if time.monotonic() - announced >= ANNOUNCE_EVERY:
                 announced = time.monotonic()
                 self._announce(manifest.object_id)
 
-        if serve:
-            self.live.add(writer)
+        self.live.add(writer)
         try:
             await fetch.fetch(self.peers, writer, groups, self._holders(manifest), fetched)
 
@@ -384,9 +382,8 @@ class NodeService:
 
             await asyncio.to_thread(rest)
         finally:
-            if serve:
-                self.live.remove(writer)
-                self._announce(manifest.object_id)
+            self.live.remove(writer)
+            self._announce(manifest.object_id)
 
     def read_block(self, block_id: bytes) -> bytes:
         """A verified block for a peer: from the store, or re-created by a get in progress (thread)."""
@@ -424,7 +421,7 @@ class NodeService:
         started = time.perf_counter()
         partial = await asyncio.to_thread(PartialFile, out, manifest.object_id, manifest.size, manifest.segment_size)
         try:
-            await self._read(manifest, cap.key, partial, progress, serve=True)
+            await self._read(manifest, cap.key, partial, progress)
         except BaseException as e:
             await asyncio.to_thread(partial.abandon, e)
             raise

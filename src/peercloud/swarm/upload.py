@@ -17,21 +17,29 @@ def block_server(
 ) -> RequestHandler:
     """A request handler serving verified blocks (`read` raises NotFoundError or IntegrityError
     for a block it cannot give: reported missing).
-    `served` hears of each block handed out (a deleter tells who fetched an object's manifest)."""
+    `served` hears of each block read for a peer, in the reading thread (a deleter tells who
+    fetched an object's manifest)."""
     gates: weakref.WeakKeyDictionary[PeerLink, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     async def on_request(link: PeerLink, msg: m.Message) -> None:
         if not isinstance(msg, m.GetBlock):
             return
+        peer = link.peer_id
+        if peer is None:
+            return
+
+        def read_for_peer() -> bytes:
+            data = read(msg.block)
+            served(peer, msg.block)
+            return data
+
         gate = gates.setdefault(link, asyncio.Semaphore(READS_PER_LINK))
         async with gate:
             try:
-                data = await asyncio.to_thread(read, msg.block)
+                data = await asyncio.to_thread(read_for_peer)
             except (NotFoundError, IntegrityError):
                 await link.answer(msg.id, m.Error(msg.id, "not_found", "block not held here"))
                 return
             await link.answer(msg.id, m.BlockData(msg.id, msg.block), data)
-            if link.peer_id is not None:
-                served(link.peer_id, msg.block)
 
     return on_request

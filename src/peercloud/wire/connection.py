@@ -150,9 +150,14 @@ class PeerConnection:
             return
         self.now = now
         self.bytes_in += len(data)
-        self._inbuf += data
         try:
-            self._process()
+            if self.state is State.HANDSHAKE:
+                self._inbuf += data
+                if self._handshake() and self._inbuf:  # records right behind the handshake
+                    early, self._inbuf = self._inbuf, bytearray()
+                    self._transport(memoryview(early))
+            elif self.state is State.OPEN:
+                self._transport(memoryview(data))
         except (NoiseError, m.ProtocolError) as e:
             self._fail(str(e))
         except Exception as e:  # a decoder bug must cost one connection, not the daemon
@@ -271,7 +276,7 @@ class PeerConnection:
     def _finish(self, reason: str, error: bool) -> None:
         self.state = State.CLOSED
         self._outstanding.clear()
-        self._inbuf = bytearray()  # rebind: _process may still hold a view of the old one
+        self._inbuf = bytearray()  # rebind: `_complete_record` may still hold a view of the old one
         self._events.append(Closed(reason, error))
 
     def _send_handshake(self, msg: bytes) -> None:
@@ -279,10 +284,19 @@ class PeerConnection:
 
     def _send_frame(self, msg: m.Message, payload: bytes | memoryview = b"") -> None:
         assert self._send is not None
-        plain = b"".join(frames.encode_frame(msg, payload))
-        view = memoryview(plain)
-        for start in range(0, len(view), RECORD_PLAINTEXT):
-            ct = self._send.encrypt(b"", view[start : start + RECORD_PLAINTEXT])
+        head, header, body = frames.encode_frame(msg, payload)
+        # The first record carries the frame's head and header and the payload's start; the
+        # others are sealed straight from the payload: no copy of a whole block to frame it.
+        view = memoryview(body)
+        cut = max(0, RECORD_PLAINTEXT - len(head) - len(header))
+        self._seal(b"".join((head, header, view[:cut])))
+        for start in range(cut, len(view), RECORD_PLAINTEXT):
+            self._seal(view[start : start + RECORD_PLAINTEXT])
+
+    def _seal(self, plain: bytes | memoryview) -> None:
+        assert self._send is not None
+        for start in range(0, max(1, len(plain)), RECORD_PLAINTEXT):  # a header past one record
+            ct = self._send.encrypt(b"", plain[start : start + RECORD_PLAINTEXT])
             self._out.append(_LEN.pack(len(ct)))
             self._out.append(ct)
 
@@ -331,11 +345,12 @@ class PeerConnection:
                 break  # the next record may need the keys this one yields
         return out
 
-    def _process(self) -> None:
+    def _handshake(self) -> bool:
+        """Run the handshake on what arrived; True once it opened the connection."""
         while self.state is State.HANDSHAKE:
             records = self._records()
             if not records:
-                return
+                return False
             payload = self._hs.read_message(records[0])
             if not self.initiator and not self._hs.complete:  # got msg 1: answer with msg 2
                 if payload:
@@ -349,40 +364,74 @@ class PeerConnection:
                 self._send, self._recv = self._hs.split()
                 self._verify_identity(payload)
                 self._open()
-        if self.state is not State.OPEN:
-            return
-        # Decrypt records in place and drop the consumed prefix once: no per-record copies.
-        assert self._recv is not None
-        buf, pos = self._inbuf, 0
+        return self.state is State.OPEN
+
+    def _transport(self, data: memoryview) -> None:
+        """Records after the handshake, straight from the piece that arrived: only a record cut
+        by the piece's end is copied (into `_inbuf`, completed by the next pieces)."""
+        pos = 0
+        if self._inbuf:
+            pos = self._complete_record(data)
+            if pos < 0 or self.state is not State.OPEN:
+                return
+        rest = data[pos:]
+        try:
+            pos += self._records_in(rest)
+        finally:
+            rest.release()
+        if self.state is State.OPEN:
+            self._inbuf += data[pos:]
+
+    def _complete_record(self, data: memoryview) -> int:
+        """Complete the record begun in `_inbuf` from the start of `data` and open it; returns
+        the bytes of `data` used, or -1 when all of it went in and the record is still cut."""
+        buf = self._inbuf
+        take = max(0, _LEN.size - len(buf))
+        buf += data[:take]
+        if len(buf) < _LEN.size:
+            return -1
+        n: int = _LEN.unpack_from(buf)[0]
+        more = min(_LEN.size + n - len(buf), len(data) - take)
+        buf += data[take : take + more]
+        if len(buf) < _LEN.size + n:
+            return -1
+        self._inbuf = bytearray()
         view = memoryview(buf)
         try:
-            while len(buf) - pos >= 2:
-                (n,) = _LEN.unpack_from(buf, pos)
-                if len(buf) - pos < 2 + n:
-                    break
-                record, size = view[pos + 2 : pos + 2 + n], n - TAGLEN
-                try:
-                    room = self._frames.payload_room(size)
-                    if room is not None:  # inside a block's payload: decrypt in place
-                        self._recv.decrypt_into(b"", record, room)
-                        room.release()
-                        frames = self._frames.advance(size)
-                    else:
-                        frames = self._frames.feed(self._recv.decrypt(b"", record))
-                finally:
-                    record.release()  # `buf` is resized below: no view of it may outlive this
-                pos += 2 + n
-                for msg, body in frames:
-                    self._dispatch(msg, body)
-                    if self.state is not State.OPEN:
-                        return
-                # A record is full or ends at a frame boundary (our sender cuts frames so): a
-                # frame dribbled in tiny records would cost a record's overhead per byte.
-                if self._frames.partial and size < RECORD_PLAINTEXT:
-                    raise m.ProtocolError("a record ended inside a frame without being full")
+            self._records_in(view)
         finally:
             view.release()
-            del buf[:pos]
+        return take + more
+
+    def _records_in(self, view: memoryview) -> int:
+        """Decrypt and dispatch the whole records at the start of `view`; returns bytes used."""
+        assert self._recv is not None
+        pos = 0
+        while len(view) - pos >= _LEN.size:
+            n: int = _LEN.unpack_from(view, pos)[0]
+            if len(view) - pos < _LEN.size + n:
+                break
+            record, size = view[pos + _LEN.size : pos + _LEN.size + n], n - TAGLEN
+            try:
+                room = self._frames.payload_room(size)
+                if room is not None:  # inside a block's payload: decrypt in place
+                    self._recv.decrypt_into(b"", record, room)
+                    room.release()
+                    frames = self._frames.advance(size)
+                else:
+                    frames = self._frames.feed(self._recv.decrypt(b"", record))
+            finally:
+                record.release()
+            pos += _LEN.size + n
+            for msg, body in frames:
+                self._dispatch(msg, body)
+                if self.state is not State.OPEN:
+                    return pos
+            # A record is full or ends at a frame boundary (our sender cuts frames so): a
+            # frame dribbled in tiny records would cost a record's overhead per byte.
+            if self._frames.partial and size < RECORD_PLAINTEXT:
+                raise m.ProtocolError("a record ended inside a frame without being full")
+        return pos
 
     def _open(self) -> None:
         if self._send is None:
