@@ -883,7 +883,13 @@ def from_holders(
             "blocks above); measured anyway, so the owner's extra copies may serve part of those gets"
         )
     for cls, (oid, _, h, _) in objects.items():
-        wait(f"the fetcher to see the {cls} holders", lambda oid=oid, h=h: proved_holders(fetcher, oid)[0] >= h, 120)
+        placed_on = min(h, proved_holders(admin, oid)[0])  # placement may have put two columns on one
+        wait(
+            f"the fetcher to see the {cls} holders",
+            lambda oid=oid, n=placed_on: proved_holders(fetcher, oid)[0] >= n,
+            120,
+        )
+        print(f"  {cls}: {placed_on} holders", flush=True)
     results: dict[str, list[float]] = {cls: [] for cls in objects}
     cpu: dict[str, list[float]] = {cls: [] for cls in objects}
     for i in range(runs + 1):

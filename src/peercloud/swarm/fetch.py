@@ -171,14 +171,17 @@ def _distinct(groups: list[Group]) -> list[Group]:
 
 
 def _reorder(peers: PeerManager, st: _State) -> None:
-    """Rarest first; among equals, groups in an order of this fetch's own (BitTorrent's random
-    first pieces): fetchers started together then hold different blocks and can serve each
-    other, where in file order they would all want the same blocks from the seeder at once. A
-    group's blocks stay together, so an erasure-coded segment's shares arrive together and wait
-    in memory only briefly."""
-    blocks = [b for g in st.groups if g.need > 0 for b in g.candidates]
-    rarity = {b: len(st.holders(b)) for b in blocks}
-    st.order = sorted(blocks, key=lambda b: (rarity[b], hash((st.salt, st.group_of[b]))))
+    """Rarest groups first; among equals, groups in an order of this fetch's own (BitTorrent's
+    random first pieces): fetchers started together then hold different blocks and can serve
+    each other, where in file order they would all want the same blocks from the seeder at
+    once. A group's blocks stay together and in their own order (an erasure-coded segment's
+    data shares before its parity), so a segment's shares arrive together and wait in memory
+    only briefly."""
+    rarity = [min((len(st.holders(b)) for b in g.candidates), default=0) for g in st.groups]
+    groups = sorted(
+        (gi for gi, g in enumerate(st.groups) if g.need > 0), key=lambda gi: (rarity[gi], hash((st.salt, gi)))
+    )
+    st.order = [b for gi in groups for b in st.groups[gi].candidates]
     st.order_version = peers.have_version
     st.cursor = 0
 
@@ -193,15 +196,20 @@ def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[int], tup
     while st.cursor < len(st.order) and not st.wanted(st.order[st.cursor]):
         st.cursor += 1
     waiting = False  # some wanted block is not in flight yet
+    held: set[int] = set()  # groups whose earlier block waits for a busy holder
     for bid in st.order[st.cursor :]:
         if free <= 0:
             return
         gi = st.group_of[bid]
-        if not st.wanted(bid) or st.inflight.get(bid) or st.flying[gi] >= st.groups[gi].need:
+        if not st.wanted(bid) or st.inflight.get(bid) or st.flying[gi] >= st.groups[gi].need or gi in held:
             continue
         waiting = True
         if _start_from_best(links, st, tasks, bid):
             free -= 1
+        elif any(pid in links and links[pid] not in st.failed.get(bid, ()) for pid in st.holders(bid)):
+            # A later block of the group (a parity share: decoding from it costs CPU that a
+            # data share does not) is asked only when no holder of this one is connected.
+            held.add(gi)
     if not waiting:  # endgame: everything wanted is in flight; ask other holders too
         for bid in [b for b, who in st.inflight.items() if who and st.wanted(b)]:
             if free <= 0:
