@@ -353,9 +353,11 @@ class NodeService:
 
     async def _read(self, manifest: Manifest, key: bytes, output: retrieve.Output, progress: Progress | None) -> None:
         """Fetch what the local store lacks into `output`, segment by segment, in one pass; other
-        fetchers get the blocks of what is written meanwhile (`swarm/live.py`: only for objects
-        outside the cloud's catalog)."""
+        fetchers get the blocks of what is written meanwhile (`swarm/live.py`)."""
         writer = retrieve.SegmentWriter(self.node.store, manifest, key, output)
+        # Only objects outside the cloud's catalog are served from a get (swarm/live.py): for the
+        # cloud's own, announcing would only repeat the index's inventory four times a second.
+        serving = not self.node.index.catalog(manifest.object_id)
         groups, local = writer.plan()
         if progress and output.done:
             progress(sum(manifest.segment_length(s) for s in output.done))  # a resumed get
@@ -365,11 +367,12 @@ class NodeService:
             nonlocal announced
             if progress:
                 progress(n)
-            if time.monotonic() - announced >= ANNOUNCE_EVERY:
+            if serving and time.monotonic() - announced >= ANNOUNCE_EVERY:
                 announced = time.monotonic()
                 self._announce(manifest.object_id)
 
-        self.live.add(writer)
+        if serving:
+            self.live.add(writer)
         try:
             await fetch.fetch(self.peers, writer, groups, self._holders(manifest), fetched)
 
@@ -382,8 +385,9 @@ class NodeService:
 
             await asyncio.to_thread(rest)
         finally:
-            self.live.remove(writer)
-            self._announce(manifest.object_id)
+            if serving:
+                self.live.remove(writer)
+                self._announce(manifest.object_id)
 
     def read_block(self, block_id: bytes) -> bytes:
         """A verified block for a peer: from the store, or re-created by a get in progress (thread)."""

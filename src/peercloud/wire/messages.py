@@ -479,6 +479,7 @@ PATHS = ("lan", "direct", "mapped", "punched", "relayed")
 _ALL: tuple[type[Message], ...] = (Hello, Cancel, Bye, *REQUESTS, *RESPONSES, *NOTICES)
 MESSAGES: dict[str, type[Message]] = {cls.TYPE: cls for cls in _ALL}
 _HINTS = {name: get_type_hints(cls) for name, cls in MESSAGES.items()}
+_FIELDS = {name: tuple(f.name for f in fields(cls)) for name, cls in MESSAGES.items()}  # fields() per message costs
 # Error codes a peer may send; anything else is reported as "other".
 ERROR_CODES = (
     "not_found",
@@ -496,9 +497,9 @@ ERROR_CODES = (
 def encode_header(msg: Message) -> bytes:
     """The msgpack header of a message."""
     body: dict[str, Any] = {"t": msg.TYPE}
-    for f in fields(msg):
-        value = getattr(msg, f.name)
-        body[f.name] = list(value) if isinstance(value, tuple) else value
+    for name in _FIELDS[msg.TYPE]:
+        value = getattr(msg, name)
+        body[name] = list(value) if isinstance(value, tuple) else value
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
 
@@ -547,14 +548,10 @@ def decode_header(data: bytes | memoryview) -> Message:
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message type {kind!r}")
-    hints = _HINTS[cls.TYPE]
-    names = {f.name for f in fields(cls)}
-    if set(body) - names:
-        raise ProtocolError(f"{cls.TYPE}: unknown fields {sorted(set(body) - names)}")
-    values = {}
-    for f in fields(cls):
-        if f.name in body:
-            values[f.name] = _check(f.name, body[f.name], hints[f.name])
+    hints, names = _HINTS[cls.TYPE], _FIELDS[cls.TYPE]
+    if not body.keys() <= set(names):
+        raise ProtocolError(f"{cls.TYPE}: unknown fields {sorted(set(body) - set(names))}")
+    values = {name: _check(name, body[name], hints[name]) for name in names if name in body}
     try:
         msg = cls(**values)
     except TypeError:
