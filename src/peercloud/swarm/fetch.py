@@ -26,6 +26,8 @@ from peercloud.swarm.peers import PeerManager
 
 log = logging.getLogger(__name__)
 PER_PEER_INFLIGHT = 32
+INFLIGHT = 48  # requests of one fetch at once, all peers together: with many holders (a cloud's
+# members pulling a new object from each other) 32 per peer held up to 224 MiB of blocks
 REQUEST_TIMEOUT = 60.0
 STALL_TIMEOUT = 20.0
 COMMIT_EVERY = 32  # staged blocks per index transaction
@@ -188,7 +190,7 @@ def _reorder(peers: PeerManager, st: _State) -> None:
 
 def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]]) -> None:
     links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
-    free = sum(max(0, PER_PEER_INFLIGHT - st.per_peer.get(pid, 0)) for pid in links)
+    free = min(INFLIGHT - len(tasks), sum(max(0, PER_PEER_INFLIGHT - st.per_peer.get(pid, 0)) for pid in links))
     if not free:
         return
     if st.order_version != peers.have_version:
