@@ -38,7 +38,7 @@ SERVICE_GRACE = 1.5  # closing links, the listener and background tasks
 TASK_GRACE = 0.5  # tasks still running when the loop closes
 THREAD_GRACE = 0.5  # worker threads still busy (an add, an fsck) once the index is closed
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # mallopt parameters (glibc malloc.h)
 
 
 class _ApiServer(uvicorn.Server):
@@ -152,6 +152,9 @@ def keep_freed_memory() -> None:
         return
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's largest: blocks come from the heap
     libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024 * 1024)
+    # Each thread that allocates gets a heap of its own (up to 8 per core), each keeping what was
+    # freed in it: a seeder serving four fetchers peaked at 219 MiB with them, 166 MiB with two.
+    libc.mallopt(M_ARENA_MAX, 2)
 
 
 @contextlib.contextmanager
