@@ -283,22 +283,26 @@ class PeerConnection:
         self._out.append(_LEN.pack(len(msg)) + msg)
 
     def _send_frame(self, msg: m.Message, payload: bytes | memoryview = b"") -> None:
-        assert self._send is not None
         head, header, body = frames.encode_frame(msg, payload)
-        # The first record carries the frame's head and header and the payload's start; the
-        # others are sealed straight from the payload: no copy of a whole block to frame it.
-        view = memoryview(body)
-        cut = max(0, RECORD_PLAINTEXT - len(head) - len(header))
-        self._seal(b"".join((head, header, view[:cut])))
-        for start in range(cut, len(view), RECORD_PLAINTEXT):
-            self._seal(view[start : start + RECORD_PLAINTEXT])
+        # Records cut the frame as if it were joined (full ones, the last shorter: what the
+        # receiver demands), but are sealed from the header and the payload where they lie:
+        # only the record where the header ends and the payload starts is joined, so a block is
+        # never copied to be framed.
+        prefix, view, size = b"".join((head, header)), memoryview(body), RECORD_PLAINTEXT
+        whole = len(prefix) - len(prefix) % size
+        for start in range(0, whole, size):
+            self._seal(prefix[start : start + size])
+        cut = size - (len(prefix) - whole)
+        if len(prefix) > whole or view:
+            self._seal(b"".join((prefix[whole:], view[:cut])))
+        for start in range(cut, len(view), size):
+            self._seal(view[start : start + size])
 
     def _seal(self, plain: bytes | memoryview) -> None:
         assert self._send is not None
-        for start in range(0, max(1, len(plain)), RECORD_PLAINTEXT):  # a header past one record
-            ct = self._send.encrypt(b"", plain[start : start + RECORD_PLAINTEXT])
-            self._out.append(_LEN.pack(len(ct)))
-            self._out.append(ct)
+        ct = self._send.encrypt(b"", plain)
+        self._out.append(_LEN.pack(len(ct)))
+        self._out.append(ct)
 
     def _identity_payload(self) -> bytes:
         static_pub = self._static.public_key().public_bytes_raw()
