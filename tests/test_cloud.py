@@ -262,7 +262,7 @@ def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Ca
 
     # 6 shares on 5 peers: one peer holds 2, so losing it and one more leaves 3 < 4 shares. Health is
     # honest about it: f = 1 below the class's tolerance of m = 2 is "degraded", never "healthy 6/6".
-    wait_for(lambda: settled(peers[0], oid, 5, "degraded"), 60, "ec-4+2 placement to settle")
+    wait_for(lambda: settled(peers[0], oid, 5, "degraded"), 120, "ec-4+2 placement to settle")
     s = health(peers[0], oid)
     assert s["redundancy"]["crowded"] == 2 and "one peer" in s["note"]
     assert s["redundancy"]["can_lose"] == 1 and s["redundancy"]["tolerance"] == 2
