@@ -191,7 +191,7 @@ def _reorder(peers: PeerManager, st: _State) -> None:
 def _schedule(peers: PeerManager, st: _State, tasks: dict[asyncio.Task[int], tuple[bytes, PeerId]]) -> None:
     links = {pid: link for pid, link in peers.links.items() if not peers.is_banned(pid)}
     free = min(INFLIGHT - len(tasks), sum(max(0, PER_PEER_INFLIGHT - st.per_peer.get(pid, 0)) for pid in links))
-    if not free:
+    if free <= 0:  # every request slot of this fetch, or of every peer, is taken
         return
     if st.order_version != peers.have_version:
         _reorder(peers, st)
