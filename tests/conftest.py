@@ -11,8 +11,36 @@ import pytest
 if TYPE_CHECKING:
     from .daemons import Daemon
 
+# CI set in the environment turns off pytest's truncation of assertion explanations: a failed
+# `==` between two files of a few MiB is then diffed in full (difflib is quadratic, hours; it
+# hung CI until the timeout). The suite reports failures alike everywhere.
+for _var in ("CI", "BUILD_NUMBER"):
+    os.environ.pop(_var, None)
 CLI_ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
 CLI_ENV.pop("PEERCLOUD_HOME", None)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """Frames without a line number leave a failure's traceback before pytest formats it: Python
+    3.11 gives one when a timeout's signal lands in compiler-made code, and pytest then stops the
+    whole run with an INTERNALERROR instead of reporting the timeout."""
+    seen: set[int] = set()
+    error = call.excinfo.value if call.excinfo is not None else None
+    stack = [error] if error is not None else []
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            if tb.tb_next.tb_lineno is None:
+                tb.tb_next = tb.tb_next.tb_next
+            else:
+                tb = tb.tb_next
+        stack += [x for x in (e.__cause__, e.__context__) if x is not None]
+    return (yield)
 
 
 def run_cli(home: Path, *args: str, check: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
