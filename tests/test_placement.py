@@ -72,3 +72,22 @@ def test_coordinator_is_deterministic_and_moves_when_it_leaves() -> None:
     second = coordinator(oid, [x for x in p if x != first])
     assert second is not None and second != first
     assert coordinator(oid, []) is None
+
+
+def test_ec_columns_no_member_can_take_stay_with_the_owner() -> None:
+    # ec-2+1 among an owner and one other member: the other takes one column, and the two the
+    # owner alone has are not doubled up there (the owner could never take one back: it would
+    # leave two columns on one peer and the owner with none).
+    p = peers(2)
+    cands = [Candidate(x, GiB) for x in p]
+    owner = {p[0]: {0, 1, 2}}
+    first = plan(OID, DEFAULT_CLASSES["ec-2+1"], 3, 100, {}, set(p), rank(cands), provisional=owner)
+    assert list(first.place) == [p[1]] and len(first.place[p[1]]) == 1 and "3 different peers" in first.note
+    taken = set(first.place[p[1]])
+    second = plan(OID, DEFAULT_CLASSES["ec-2+1"], 3, 100, {p[1]: taken}, set(p), rank(cands), provisional=owner)
+    assert second.release == {p[0]: tuple(taken)} and not second.place
+    rest = {0, 1, 2} - taken  # once released, the owner keeps the rest for real
+    third = plan(OID, DEFAULT_CLASSES["ec-2+1"], 3, 100, {p[1]: taken}, set(p), rank(cands), provisional={p[0]: rest})
+    assert third.place == {p[0]: tuple(sorted(rest))} and not third.release
+    done = plan(OID, DEFAULT_CLASSES["ec-2+1"], 3, 100, {p[1]: taken, p[0]: rest}, set(p), rank(cands))
+    assert not done.place and not done.release

@@ -102,7 +102,7 @@ def plan(
     if n == 1:
         decision = _plan_replicas(object_id, cls, holders, kept_online, picker, pending or {})
     else:
-        decision = _plan_shares(object_id, cls, n, holders, kept_online, picker, pending or {}, set(provisional or {}))
+        decision = _plan_shares(object_id, cls, n, holders, kept_online, picker, pending or {}, provisional or {})
     for p, cols in (provisional or {}).items():
         covered = [j for j in sorted(cols) if any(j in c for q, c in kept_online.items() if q != p)]
         if covered and p in online:
@@ -180,7 +180,7 @@ def _plan_shares(
     kept_online: Mapping[bytes, set[int]],
     picker: _Picker,
     pending: Mapping[bytes, set[int]],
-    provisional: set[bytes],
+    provisional: Mapping[bytes, set[int]],
 ) -> Plan:
     # Each column's keeper is its first holder (or placement on the way) in the keeper order.
     def rank_in(j: int) -> Callable[[bytes], bytes]:
@@ -201,8 +201,10 @@ def _plan_shares(
         current = keeper.get(j)
         if current is not None and columns_of[current] == 1:
             continue
-        # Peers keeping provisional shares are no targets until those are gone (no mixed holds).
-        busy = {p for p, c in columns_of.items() if c} | {p for p, cols in holders.items() if j in cols} | provisional
+        # Peers keeping provisional shares are no targets until those are gone (no mixed holds),
+        # but for the columns only they have (adopted below).
+        busy = {p for p, c in columns_of.items() if c} | {p for p, cols in holders.items() if j in cols}
+        busy |= set(provisional)
         used = {picker.tag(p) for p in columns_of if columns_of[p]} if picker.spread else set()
         ahead = None
         if current is not None:
@@ -210,6 +212,8 @@ def _plan_shares(
             ahead = lambda p, limit=limit, j=j: order_key(object_id, j, p) < limit  # noqa: E731
         pick = picker.pick(busy, used, allow_same_tag=True, ahead=ahead)
         if pick is None and current is None:
+            if any(j in cols for cols in provisional.values()):
+                continue  # the owner's copy stays: it adopts the column below once its others are spread
             # The cloud is too small: double up on the member with the fewest columns.
             roomy = [c for c in picker.ranked if c.free >= picker.column_bytes and c.peer not in provisional]
             pick = min(roomy, key=lambda c: columns_of.get(c.peer, 0), default=None)
@@ -220,6 +224,16 @@ def _plan_shares(
         keeper[j] = pick.peer
         columns_of[pick.peer] = columns_of.get(pick.peer, 0) + 1
         place.setdefault(pick.peer, []).append(j)
+    # A provisional holder whose columns no member can take keeps them for real: asked to hold
+    # them, it has every block already. Only once all its other columns were spread (and released),
+    # so its hold is never part provisional; doubling up elsewhere would leave the owner with
+    # nothing while another member holds two columns it cannot hand on to the owner later.
+    for p, cols in sorted(provisional.items()):
+        if cols and not any(j in keeper for j in cols):
+            for j in sorted(cols):
+                keeper[j] = p
+                columns_of[p] = columns_of.get(p, 0) + 1
+            place.setdefault(p, []).extend(sorted(cols))
     # Holders other than a column's online keeper release it: exactly what they agree to.
     release: dict[bytes, list[int]] = {}
     for j, chosen in keepers(object_id, n, 1, kept_online).items():
