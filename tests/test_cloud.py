@@ -259,10 +259,11 @@ def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Ca
     peers = make_cloud(daemons, 5)
     added = peers[1].json("add", str(make_file(3_000_000, name="wide.bin")), "--class", "ec-4+2")
     oid = added["object_id"]
+    names = ", ".join(f"{d.home.name} {d.peer_id[:13]}" for d in peers)  # to read a failure's logs by
 
     # 6 shares on 5 peers: one peer holds 2, so losing it and one more leaves 3 < 4 shares. Health is
     # honest about it: f = 1 below the class's tolerance of m = 2 is "degraded", never "healthy 6/6".
-    wait_for(lambda: settled(peers[0], oid, 5, "degraded"), 120, "ec-4+2 placement to settle")
+    wait_for(lambda: settled(peers[0], oid, 5, "degraded"), 120, f"ec-4+2 placement to settle ({names})")
     s = health(peers[0], oid)
     assert s["redundancy"]["crowded"] == 2 and "one peer" in s["note"]
     assert s["redundancy"]["can_lose"] == 1 and s["redundancy"]["tolerance"] == 2
@@ -271,7 +272,12 @@ def test_ec_4_2_with_three_losses_is_reported_lost(daemons: Start, make_file: Ca
     for d in victims:
         assert d.stop() == 0
     survivor = next(d for d in peers if d not in victims)
-    wait_for(lambda: health(survivor, oid)["health"] == "lost", 30, "the object to be reported lost")
+    try:
+        wait_for(lambda: health(survivor, oid)["health"] == "lost", 30, "the object to be reported lost")
+    except AssertionError as e:
+        seen = health(survivor, oid)
+        rows = [f"{h['peer_id'][:13]} online={h['online']} proved={len(h['confirmed'])}" for h in seen["holders"]]
+        raise AssertionError(f"{e}: {survivor.home.name} says {seen['health']}; {rows}; peers: {names}") from None
     assert survivor.json("status")["counts"]["lost"] == 1
 
 
