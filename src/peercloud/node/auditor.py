@@ -3,8 +3,9 @@
 A claim (HAVE) counts only for the blocks that answered a challenge: for each, a random 64 KiB
 leaf and its Merkle path up to the block ID, checked against the manifest. Nothing is counted
 on the strength of a sample: a holder with 90 % of the blocks gets 90 % counted, never 100 %.
-An audit of a claim challenges up to AUDIT_BATCH blocks not yet proved (8 in flight), so an
-honest holder of a new 1 GiB object is proved within seconds; a proved claim is re-audited
+An audit of a claim challenges up to AUDIT_BATCH blocks not yet proved (8 in flight), pass after
+pass while the holder answers every challenge, so an honest holder of a new 1 GiB object is
+proved within seconds (its answer rate is the limit); a proved claim is re-audited
 every AUDIT_INTERVAL with REAUDIT_SAMPLE of its proved blocks, and any wrong or missing answer
 drops the holder's whole claim on that object to nothing (counted again only once re-proved).
 
@@ -24,7 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from peercloud.cloud.ledger import bitmap_from_indexes, indexes_from_bitmap
@@ -117,30 +118,44 @@ class Auditor:
                 task.add_done_callback(partial(_discard, running, object_id))
 
     async def _audit(self, link: PeerLink, object_id: bytes, h: Holding) -> None:
+        """Prove one claim pass after pass, each pass one token of the budget: a repaired copy of
+        1 GiB counts within seconds, not at one pass per scan. A pass the holder did not answer
+        whole (busy: above its rate) ends the run; the claim stays due for the next scan."""
         now = time.time()
         try:
             manifest = await self.manifest(object_id)
         except PeercloudError:
             self.index.set_due(h.peer_id, object_id, now + INCONCLUSIVE_RETRY)  # nobody serves it yet
             return
-        verdict, proved = await audit(link, manifest, h)
-        now = time.time()
         total = len(manifest.blocks())
-        if verdict is None:
-            self.index.set_due(h.peer_id, object_id, now + INCONCLUSIVE_RETRY)
-            return
-        if not verdict:
-            self.index.set_audit(h.peer_id, object_id, b"", failed=True, due_at=now + FAILED_RETRY)
-            log.warning(
-                "%s failed an audit of %s: its claim is not counted", PeerId(h.peer_id).short(), object_id.hex()[:12]
-            )
-        else:
-            claimed = set(indexes_from_bitmap(h.bitmap, total))
-            confirmed = (set(indexes_from_bitmap(h.confirmed, total)) & claimed) | proved
-            due = now if claimed - confirmed else now + AUDIT_INTERVAL * random.uniform(0.9, 1.1)
-            self.index.set_audit(h.peer_id, object_id, bitmap_from_indexes(total, confirmed), False, due)
-        self.peers.have_version += 1  # holder maps and the ledger see the new confirmation
-        self.on_proved(object_id)
+        claimed = set(indexes_from_bitmap(h.bitmap, total))
+        confirmed = set(indexes_from_bitmap(h.confirmed, total)) & claimed
+        while True:
+            asked = min(AUDIT_BATCH, len(claimed - confirmed))
+            verdict, proved = await audit(link, manifest, replace(h, confirmed=bitmap_from_indexes(total, confirmed)))
+            now = time.time()
+            if verdict is None:
+                self.index.set_due(h.peer_id, object_id, now + INCONCLUSIVE_RETRY)
+                return
+            if not verdict:
+                self.index.set_audit(h.peer_id, object_id, b"", failed=True, due_at=now + FAILED_RETRY)
+                log.warning(
+                    "%s failed an audit of %s: its claim is not counted",
+                    PeerId(h.peer_id).short(),
+                    object_id.hex()[:12],
+                )
+            else:
+                confirmed |= proved
+                due = now if claimed - confirmed else now + AUDIT_INTERVAL * random.uniform(0.9, 1.1)
+                self.index.set_audit(h.peer_id, object_id, bitmap_from_indexes(total, confirmed), False, due)
+            self.peers.have_version += 1  # holder maps and the ledger see the new confirmation
+            self.on_proved(object_id)
+            whole = verdict and len(proved) == asked > 0
+            if not (whole and claimed - confirmed and self._budget.take(time.monotonic())):
+                return
+            now_claimed = next((x.bitmap for _, x in self.index.holdings(object_id) if x.peer_id == h.peer_id), None)
+            if now_claimed != h.bitmap:
+                return  # the holder announced anew: the next scan audits what it claims now
 
     async def on_request(self, link: PeerLink, msg: m.Message) -> None:
         """Answer a peer's challenge from the local store, within its rate (members first)."""
