@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from peercloud.wire import batches, frames
 from peercloud.wire import messages as m
-from peercloud.wire.connection import RECORD_PLAINTEXT, Closed, PeerConnection, Response, State
+from peercloud.wire.connection import Closed, PeerConnection, Response, State
+from peercloud.wire.records import RECORD_PLAINTEXT
 
 from .test_wire import connected, events, pump
 

@@ -32,6 +32,7 @@ from peercloud.net.link import Address, PeerError, PeerLink, dial
 from peercloud.wire import connection as c
 from peercloud.wire import frames, noise
 from peercloud.wire import messages as m
+from peercloud.wire.records import LENGTH
 
 HELLO = m.Hello(m.PROTOCOL_VERSION, ("blocks", "have", "cloud", "audit"), "hostile")
 RECORD_MAX = noise.MAX_MESSAGE - noise.TAGLEN  # plaintext bytes that fit one transport record
@@ -51,7 +52,7 @@ def encrypt_record(conn: c.PeerConnection, plaintext: bytes | memoryview) -> byt
     if cipher is None:
         raise RuntimeError("the handshake is not complete: no send key yet")
     ciphertext = cipher.encrypt(b"", plaintext)
-    return c._LEN.pack(len(ciphertext)) + ciphertext
+    return LENGTH.pack(len(ciphertext)) + ciphertext
 
 
 # -- frames and records

@@ -6,7 +6,7 @@ sockets or sleeps. The asyncio driver in `peercloud.net` is a thin adapter aroun
 
 Layers on the byte stream:
 - handshake: u16 length | Noise message (three of them, XX pattern);
-- then transport records: u16 length | Noise ciphertext (at most 65535 bytes);
+- then transport records: u16 length | Noise ciphertext (at most 65535 bytes; `records.py`);
 - the decrypted records form a stream of frames (see messages.py).
 
 The responder's second handshake message and the initiator's third carry a payload binding the
@@ -14,7 +14,6 @@ connection to a peer ID: the Ed25519 identity key, its signature over this conne
 static key, and the sender's Hello.
 """
 
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -23,14 +22,13 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from peercloud.identity import Identity, PeerId
-from peercloud.wire import frames
+from peercloud.wire import frames, records
 from peercloud.wire import messages as m
-from peercloud.wire.noise import MAX_MESSAGE, TAGLEN, CipherState, Handshake, NoiseError
+from peercloud.wire.noise import CipherState, Handshake, NoiseError
+from peercloud.wire.records import LENGTH as _LEN
 
 PROLOGUE = b"peercloud noise v1"
 _SIG_CONTEXT = b"peercloud noise static key v1:"
-_LEN = struct.Struct(">H")
-RECORD_PLAINTEXT = MAX_MESSAGE - TAGLEN
 
 
 @dataclass(frozen=True)
@@ -127,7 +125,8 @@ class PeerConnection:
         self._hs = Handshake(self.initiator, self._static, PROLOGUE)
         self._send: CipherState | None = None
         self._recv: CipherState | None = None
-        self._inbuf = bytearray()
+        self._reader: records.RecordReader | None = None
+        self._inbuf = bytearray()  # handshake messages, until the connection is open
         self._out: list[bytes | memoryview] = []
         self._events: deque[Event] = deque()
         self._frames = frames.FrameDecoder(self._accept)
@@ -155,9 +154,9 @@ class PeerConnection:
                 self._inbuf += data
                 if self._handshake() and self._inbuf:  # records right behind the handshake
                     early, self._inbuf = self._inbuf, bytearray()
-                    self._transport(memoryview(early))
+                    self._read(memoryview(early))
             elif self.state is State.OPEN:
-                self._transport(memoryview(data))
+                self._read(memoryview(data))
         except (NoiseError, m.ProtocolError) as e:
             self._fail(str(e))
         except Exception as e:  # a decoder bug must cost one connection, not the daemon
@@ -283,26 +282,8 @@ class PeerConnection:
         self._out.append(_LEN.pack(len(msg)) + msg)
 
     def _send_frame(self, msg: m.Message, payload: bytes | memoryview = b"") -> None:
-        head, header, body = frames.encode_frame(msg, payload)
-        # Records cut the frame as if it were joined (full ones, the last shorter: what the
-        # receiver demands), but are sealed from the header and the payload where they lie:
-        # only the record where the header ends and the payload starts is joined, so a block is
-        # never copied to be framed.
-        prefix, view, size = b"".join((head, header)), memoryview(body), RECORD_PLAINTEXT
-        whole = len(prefix) - len(prefix) % size
-        for start in range(0, whole, size):
-            self._seal(prefix[start : start + size])
-        cut = size - (len(prefix) - whole)
-        if len(prefix) > whole or view:
-            self._seal(b"".join((prefix[whole:], view[:cut])))
-        for start in range(cut, len(view), size):
-            self._seal(view[start : start + size])
-
-    def _seal(self, plain: bytes | memoryview) -> None:
         assert self._send is not None
-        ct = self._send.encrypt(b"", plain)
-        self._out.append(_LEN.pack(len(ct)))
-        self._out.append(ct)
+        records.seal_frame(self._send, self._out, msg, payload)
 
     def _identity_payload(self) -> bytes:
         static_pub = self._static.public_key().public_bytes_raw()
@@ -370,76 +351,19 @@ class PeerConnection:
                 self._open()
         return self.state is State.OPEN
 
-    def _transport(self, data: memoryview) -> None:
-        """Records after the handshake, straight from the piece that arrived: only a record cut
-        by the piece's end is copied (into `_inbuf`, completed by the next pieces)."""
-        pos = 0
-        if self._inbuf:
-            pos = self._complete_record(data)
-            if pos < 0 or self.state is not State.OPEN:
-                return
-        rest = data[pos:]
-        try:
-            pos += self._records_in(rest)
-        finally:
-            rest.release()
-        if self.state is State.OPEN:
-            self._inbuf += data[pos:]
+    def _read(self, data: memoryview) -> None:
+        assert self._reader is not None
+        self._reader.feed(data, self._deliver)
 
-    def _complete_record(self, data: memoryview) -> int:
-        """Complete the record begun in `_inbuf` from the start of `data` and open it; returns
-        the bytes of `data` used, or -1 when all of it went in and the record is still cut."""
-        buf = self._inbuf
-        take = max(0, _LEN.size - len(buf))
-        buf += data[:take]
-        if len(buf) < _LEN.size:
-            return -1
-        n: int = _LEN.unpack_from(buf)[0]
-        more = min(_LEN.size + n - len(buf), len(data) - take)
-        buf += data[take : take + more]
-        if len(buf) < _LEN.size + n:
-            return -1
-        self._inbuf = bytearray()
-        view = memoryview(buf)
-        try:
-            self._records_in(view)
-        finally:
-            view.release()
-        return take + more
-
-    def _records_in(self, view: memoryview) -> int:
-        """Decrypt and dispatch the whole records at the start of `view`; returns bytes used."""
-        assert self._recv is not None
-        pos = 0
-        while len(view) - pos >= _LEN.size:
-            n: int = _LEN.unpack_from(view, pos)[0]
-            if len(view) - pos < _LEN.size + n:
-                break
-            record, size = view[pos + _LEN.size : pos + _LEN.size + n], n - TAGLEN
-            try:
-                room = self._frames.payload_room(size)
-                if room is not None:  # inside a block's payload: decrypt in place
-                    self._recv.decrypt_into(b"", record, room)
-                    room.release()
-                    frames = self._frames.advance(size)
-                else:
-                    frames = self._frames.feed(self._recv.decrypt(b"", record))
-            finally:
-                record.release()
-            pos += _LEN.size + n
-            for msg, body in frames:
-                self._dispatch(msg, body)
-                if self.state is not State.OPEN:
-                    return pos
-            # A record is full or ends at a frame boundary (our sender cuts frames so): a
-            # frame dribbled in tiny records would cost a record's overhead per byte.
-            if self._frames.partial and size < RECORD_PLAINTEXT:
-                raise m.ProtocolError("a record ended inside a frame without being full")
-        return pos
+    def _deliver(self, msg: m.Message, payload: bytes | memoryview) -> bool:
+        self._dispatch(msg, payload)
+        return self.state is State.OPEN
 
     def _open(self) -> None:
         if self._send is None:
             self._send, self._recv = self._hs.split()
+        assert self._recv is not None
+        self._reader = records.RecordReader(self._recv, self._frames)
         self.state = State.OPEN
         assert self.peer_id is not None
         assert self.peer_hello is not None
